@@ -1,0 +1,150 @@
+//! Compressed clusters: raw deflate with QEMU's 4 KiB window.
+
+use miniz_oxide::inflate::core::{decompress, inflate_flags, DecompressorOxide};
+use miniz_oxide::inflate::TINFLStatus;
+
+/// Why a compressed cluster could not be inflated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflateError {
+    /// The stream is not valid raw deflate.
+    Invalid,
+    /// The stream ended after this many bytes, less than a cluster.
+    Short(usize),
+}
+
+/// Inflates a raw deflate stream into `out`, which must come out exactly full.
+///
+/// As QEMU (zlib with `Z_FINISH`), a stream that would produce more than `out` holds
+/// is accepted and its first `out.len()` bytes kept; inflation stops there, so the work
+/// is bounded by the cluster size.
+pub fn inflate(input: &[u8], out: &mut [u8]) -> Result<(), InflateError> {
+    let mut state = DecompressorOxide::new();
+    let (status, _, written) = decompress(
+        &mut state,
+        input,
+        out,
+        0,
+        inflate_flags::TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF,
+    );
+    if written == out.len() {
+        return match status {
+            TINFLStatus::Failed | TINFLStatus::BadParam | TINFLStatus::Adler32Mismatch => {
+                Err(InflateError::Invalid)
+            }
+            _ => Ok(()),
+        };
+    }
+    match status {
+        TINFLStatus::Done => Err(InflateError::Short(written)),
+        _ => Err(InflateError::Invalid),
+    }
+}
+
+#[cfg(feature = "alloc")]
+pub use deflate::Deflater;
+
+#[cfg(feature = "alloc")]
+mod deflate {
+    use miniz_oxide::deflate::core::{
+        compress, create_comp_flags_from_zip_params, CompressorOxide, TDEFLFlush, TDEFLStatus,
+    };
+
+    /// QEMU inflates with window bits 12: no back-reference may reach further.
+    pub const WINDOW: usize = 4096;
+
+    /// A reusable raw-deflate compressor whose streams QEMU can read.
+    pub struct Deflater {
+        state: alloc::boxed::Box<CompressorOxide>,
+    }
+
+    impl core::fmt::Debug for Deflater {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str("Deflater")
+        }
+    }
+
+    impl Default for Deflater {
+        fn default() -> Self {
+            Self::new(6)
+        }
+    }
+
+    impl Deflater {
+        /// A compressor at zlib `level` (QEMU uses the default, 6).
+        pub fn new(level: u8) -> Self {
+            let flags = create_comp_flags_from_zip_params(i32::from(level), -12, 0);
+            Deflater {
+                state: alloc::boxed::Box::new(CompressorOxide::new(flags)),
+            }
+        }
+
+        /// Compresses one cluster into `out`; returns the stream's length when it is
+        /// shorter than the cluster (QEMU's rule), `None` when the cluster should be
+        /// stored plain. A full flush every 4 KiB empties the dictionary, so no match
+        /// reaches back more than 4096 bytes, whatever the cluster size.
+        pub fn compress(&mut self, input: &[u8], out: &mut [u8]) -> Option<usize> {
+            self.state.reset();
+            let limit = input.len().checked_sub(1)?;
+            let out = out.get_mut(..limit.min(out.len()))?;
+            let mut written = 0usize;
+            let mut pieces = input.chunks(WINDOW).peekable();
+            while let Some(piece) = pieces.next() {
+                let last = pieces.peek().is_none();
+                let flush = if last { TDEFLFlush::Finish } else { TDEFLFlush::Full };
+                let dst = out.get_mut(written..)?;
+                let (status, consumed, n) = compress(&mut self.state, piece, dst, flush);
+                written = written.checked_add(n)?;
+                match status {
+                    TDEFLStatus::Done if last && consumed == piece.len() => return Some(written),
+                    TDEFLStatus::Okay if !last && consumed == piece.len() => {}
+                    _ => return None,
+                }
+            }
+            None
+        }
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_large_cluster() {
+        let mut input = alloc::vec![0u8; 65536];
+        for (i, b) in input.iter_mut().enumerate() {
+            *b = ((i * 7 / 3) % 251) as u8;
+        }
+        let mut out = alloc::vec![0u8; 65536];
+        let n = Deflater::default().compress(&input, &mut out).unwrap();
+        let mut back = alloc::vec![0u8; 65536];
+        inflate(&out[..n], &mut back).unwrap();
+        assert_eq!(back, input);
+    }
+
+    #[test]
+    fn incompressible_is_none() {
+        let mut x = 0x1234_5678u32;
+        let input: alloc::vec::Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        let mut out = alloc::vec![0u8; 4096];
+        assert_eq!(Deflater::default().compress(&input, &mut out), None);
+    }
+
+    #[test]
+    fn short_and_garbage() {
+        let mut out = alloc::vec![0u8; 512];
+        let mut small = alloc::vec![0u8; 100];
+        let n = Deflater::default().compress(&[7u8; 100], &mut small).unwrap();
+        assert_eq!(inflate(&small[..n], &mut out), Err(InflateError::Short(100)));
+        assert_eq!(inflate(&[0xff; 16], &mut out), Err(InflateError::Invalid));
+        assert_eq!(inflate(&[], &mut out), Err(InflateError::Invalid));
+    }
+}

@@ -1,0 +1,47 @@
+//! A `no_std` reader and writer of QEMU's qcow (version 1) disk image format.
+//!
+//! The format is the one of QEMU's `block/qcow.c`: a 48-byte big-endian [`header`],
+//! an L1 table of L2 table offsets, L2 tables of cluster offsets ([`entry`]), plain
+//! data clusters, raw-deflate compressed clusters ([`cluster`]), optional legacy
+//! AES-128-CBC encryption ([`crypt`]) and an optional backing file.
+//!
+//! Everything works on a positional device, [`BlockIo`]. Reading needs no allocator:
+//! an [`Image`] takes a caller-provided scratch buffer of [`image::scratch_len`] bytes
+//! (two clusters, 128 KiB at most) and caches table entries in a fixed-capacity
+//! [`cache::TableCache`] (about 8 KiB).
+//!
+//! # Features
+//! - `alloc` (default): the write path ([`write`]: `Image::write_at`,
+//!   `Image::write_compressed`, [`write::create`], [`write::Writer`]), the compressor
+//!   ([`cluster::Deflater`]), [`check`], and the in-memory device [`io::MemIo`].
+//!
+//! # Stricter than QEMU
+//! Where QEMU reads zeros, we report a [`Error::BadReference`]: an L2 table, data
+//! cluster or compressed stream that lies past the end of the file, is not 512-byte
+//! aligned (plain clusters and tables), or overlaps the header, backing name or L1
+//! table. An L1 table or backing name past the end of the file fails at open.
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod cache;
+#[cfg(feature = "alloc")]
+pub mod check;
+pub mod cluster;
+pub mod crypt;
+pub mod entry;
+pub mod error;
+pub mod header;
+pub mod image;
+pub mod io;
+#[cfg(feature = "alloc")]
+pub mod write;
+
+pub use entry::Cluster;
+pub use error::{Error, Problem, RefKind};
+pub use header::{Geometry, Header};
+pub use image::{Backing, Image, NoBacking, Raw, Status, StatusKind};
+pub use io::BlockIo;

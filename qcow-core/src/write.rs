@@ -1,0 +1,429 @@
+//! The write path (needs `alloc`): in-place writes through [`Image`], image creation,
+//! and [`Writer`], the sequential writer of fresh images used by `convert`.
+//!
+//! Ordering invariant: a cluster's data is written (and, with barriers on, flushed)
+//! before the L2 entry that points at it; an L2 table before the L1 entry that points
+//! at it. An interrupted write leaves at worst a leaked cluster at the end of the file,
+//! never an entry pointing at unwritten data.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::cluster::Deflater;
+use crate::crypt::{Cipher, SECTOR};
+use crate::entry::{Cluster, L2Entry};
+use crate::error::Error;
+use crate::header::{l1_entries, Geometry, Header, CRYPT_AES, CRYPT_NONE, HEADER_SIZE, MAX_BACKING_NAME};
+use crate::image::{Backing, Image};
+use crate::io::BlockIo;
+
+/// Rounds `v` up to a multiple of the power of two `align`.
+fn round_up(v: u64, align: u64) -> Option<u64> {
+    let mask = align.checked_sub(1)?;
+    Some(v.checked_add(mask)? & !mask)
+}
+
+/// What [`create`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreateOptions<'a> {
+    /// Virtual size in bytes (rounded up to 512, as QEMU does).
+    pub size: u64,
+    /// The backing file name, stored as given.
+    pub backing: Option<&'a [u8]>,
+    /// Whether the image is AES encrypted.
+    pub encrypted: bool,
+    /// log2 cluster size; `None` for QEMU's default (12, or 9 with a backing file).
+    pub cluster_bits: Option<u8>,
+    /// log2 entries per L2 table; `None` for QEMU's default (9, or 12 with a backing file).
+    pub l2_bits: Option<u8>,
+}
+
+impl CreateOptions<'_> {
+    /// An image of `size` bytes with QEMU's defaults.
+    pub fn new(size: u64) -> Self {
+        CreateOptions {
+            size,
+            backing: None,
+            encrypted: false,
+            cluster_bits: None,
+            l2_bits: None,
+        }
+    }
+}
+
+/// Writes a new, empty image onto `io` (truncated first), laid out byte for byte as
+/// QEMU's `qcow_co_create`: header, backing name, L1 table at the next 8-byte
+/// boundary, zero-filled to a whole number of 512-byte sectors.
+pub fn create<B: BlockIo>(io: &mut B, opts: &CreateOptions<'_>) -> Result<Header, Error<B::Error>> {
+    let name = opts.backing.unwrap_or_default();
+    if name.len() > MAX_BACKING_NAME {
+        return Err(Error::BackingNameTooLong(u32::try_from(name.len()).unwrap_or(u32::MAX)));
+    }
+    let with_backing = opts.backing.is_some();
+    let size = round_up(opts.size, 512).ok_or(Error::ImageTooLarge(opts.size))?;
+    let cluster_bits = opts.cluster_bits.unwrap_or(if with_backing { 9 } else { 12 });
+    let l2_bits = opts.l2_bits.unwrap_or(if with_backing { 12 } else { 9 });
+    let name_len = name.len() as u64;
+    let header_size = round_up((HEADER_SIZE as u64).saturating_add(name_len), 8).unwrap_or(u64::MAX);
+    let h = Header {
+        backing_file_offset: if with_backing { HEADER_SIZE as u64 } else { 0 },
+        backing_file_size: u32::try_from(name.len()).unwrap_or(0),
+        mtime: 0,
+        size,
+        cluster_bits,
+        l2_bits,
+        crypt_method: if opts.encrypted { CRYPT_AES } else { CRYPT_NONE },
+        l1_table_offset: header_size,
+    };
+    h.validate()?;
+    let l1 = l1_entries(size, cluster_bits, l2_bits).ok_or(Error::ImageTooLarge(size))?;
+    let l1_bytes = round_up(l1.saturating_mul(8), 512).ok_or(Error::ImageTooLarge(size))?;
+    io.set_len(0)?;
+    io.write_at(0, &h.encode())?;
+    if with_backing {
+        io.write_at(HEADER_SIZE as u64, name)?;
+    }
+    io.set_len(header_size.saturating_add(l1_bytes))?;
+    io.flush()?;
+    Ok(h)
+}
+
+impl<B, K, S> Image<B, K, S>
+where
+    B: BlockIo,
+    K: Backing<IoError = B::Error>,
+    S: AsMut<[u8]>,
+{
+    /// Whether to flush between ordered steps (on by default). Off is for writing a
+    /// fresh file nobody reads until it is complete.
+    pub fn set_barriers(&mut self, on: bool) {
+        self.barriers = on;
+    }
+
+    fn barrier(&mut self) -> Result<(), Error<B::Error>> {
+        if self.barriers {
+            self.io.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything written durable.
+    pub fn flush(&mut self) -> Result<(), Error<B::Error>> {
+        self.io.flush()?;
+        Ok(())
+    }
+
+    /// Writes `data` at host `at`, the new end of the file, and grows `file_len`.
+    fn append(&mut self, at: u64, data: &[u8]) -> Result<(), Error<B::Error>> {
+        let end = at
+            .checked_add(data.len() as u64)
+            .filter(|&e| e < self.geo.compressed_offset_limit())
+            .ok_or(Error::FileTooLarge(self.geo.compressed_offset_limit()))?;
+        self.io.write_at(at, data)?;
+        self.file_len = self.file_len.max(end);
+        Ok(())
+    }
+
+    fn cluster_aligned_end(&self) -> Result<u64, Error<B::Error>> {
+        round_up(self.file_len, self.geo.cluster_size()).ok_or(Error::FileTooLarge(self.file_len))
+    }
+
+    /// Points the L2 entry of `guest` at `entry`, allocating (and writing) the L2 table
+    /// first when there is none, then the L1 entry.
+    pub(crate) fn link(&mut self, guest: u64, entry: L2Entry) -> Result<(), Error<B::Error>> {
+        let l2i = self.geo.l2_index(guest);
+        if let Some(l2) = self.l1_entry(guest)?.l2_offset() {
+            let at = l2.saturating_add(l2i.saturating_mul(8));
+            self.io.write_at(at, &entry.0.to_be_bytes())?;
+            self.cache.update(l2, l2i, entry.0);
+            return Ok(());
+        }
+        let l2 = self.cluster_aligned_end()?;
+        let mut table = vec![0u8; usize::try_from(self.geo.l2_bytes()).unwrap_or(0)];
+        let slot = usize::try_from(l2i.saturating_mul(8)).unwrap_or(usize::MAX);
+        if let Some(d) = table.get_mut(slot..slot.saturating_add(8)) {
+            d.copy_from_slice(&entry.0.to_be_bytes());
+        }
+        self.append(l2, &table)?;
+        self.barrier()?;
+        let l1i = self.geo.l1_index(guest);
+        let at = self.header.l1_table_offset.saturating_add(l1i.saturating_mul(8));
+        self.io.write_at(at, &l2.to_be_bytes())?;
+        self.cache.update(self.header.l1_table_offset, l1i, l2);
+        Ok(())
+    }
+
+    /// The guest content of the cluster starting at `start`, as currently read.
+    fn current_cluster(&mut self, start: u64, buf: &mut [u8]) -> Result<(), Error<B::Error>> {
+        let visible = usize::try_from(self.geo.size.saturating_sub(start))
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let (inside, past) = buf.split_at_mut(visible);
+        past.fill(0);
+        match self.lookup(start)? {
+            Cluster::Unallocated => self.backing.read_at(start, inside),
+            _ => self.read_at(start, inside),
+        }
+    }
+
+    /// Writes `data` at guest `offset`; the range must lie inside the virtual size.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error<B::Error>> {
+        let len = data.len() as u64;
+        if offset.checked_add(len).is_none_or(|e| e > self.geo.size) {
+            return Err(Error::OutOfRange { offset, len, size: self.geo.size });
+        }
+        if self.header.is_encrypted() && self.cipher.is_none() {
+            return Err(Error::PasswordRequired);
+        }
+        let cs = self.geo.cluster_len();
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let guest = offset.saturating_add(pos as u64);
+            let in_cl = usize::try_from(self.geo.in_cluster(guest)).unwrap_or(0);
+            let n = cs.saturating_sub(in_cl).min(data.len().saturating_sub(pos));
+            let piece = data.get(pos..pos.saturating_add(n)).unwrap_or_default();
+            match self.lookup(guest)? {
+                Cluster::Plain { host } => {
+                    self.overwrite_plain(guest, host.saturating_add(in_cl as u64), piece)?
+                }
+                _ => self.write_new_cluster(guest, in_cl, piece)?,
+            }
+            pos = pos.saturating_add(n);
+        }
+        Ok(())
+    }
+
+    /// Allocates a cluster holding the current content merged with `piece`, then links it.
+    fn write_new_cluster(&mut self, guest: u64, in_cl: usize, piece: &[u8]) -> Result<(), Error<B::Error>> {
+        let cs = self.geo.cluster_len();
+        let start = guest.saturating_sub(in_cl as u64);
+        let mut buf = vec![0u8; cs];
+        if piece.len() < cs {
+            self.current_cluster(start, &mut buf)?;
+        }
+        if let Some(d) = buf.get_mut(in_cl..in_cl.saturating_add(piece.len())) {
+            d.copy_from_slice(piece);
+        }
+        if let Some(c) = &self.cipher {
+            c.encrypt(start / 512, &mut buf);
+        }
+        let host = self.cluster_aligned_end()?;
+        self.append(host, &buf)?;
+        self.barrier()?;
+        self.link(guest, L2Entry::plain(host))
+    }
+
+    /// Overwrites part of an allocated plain cluster in place.
+    fn overwrite_plain(&mut self, guest: u64, host: u64, piece: &[u8]) -> Result<(), Error<B::Error>> {
+        let Some(cipher) = self.cipher.clone() else {
+            self.io.write_at(host, piece)?;
+            return Ok(());
+        };
+        // Whole sectors covering the piece: read, decrypt, merge, encrypt, write.
+        let skew = guest % 512;
+        let g0 = guest.saturating_sub(skew);
+        let h0 = host.saturating_sub(skew);
+        let total = round_up(skew.saturating_add(piece.len() as u64), SECTOR as u64).unwrap_or(0);
+        let mut buf = vec![0u8; usize::try_from(total).unwrap_or(0)];
+        self.io.read_at(h0, &mut buf)?;
+        cipher.decrypt(g0 / 512, &mut buf);
+        let s = usize::try_from(skew).unwrap_or(0);
+        if let Some(d) = buf.get_mut(s..s.saturating_add(piece.len())) {
+            d.copy_from_slice(piece);
+        }
+        cipher.encrypt(g0 / 512, &mut buf);
+        self.io.write_at(h0, &buf)?;
+        Ok(())
+    }
+
+    /// Writes one cluster compressed at the cluster-aligned guest `offset`: `data` is a
+    /// whole cluster, or the tail of the last one. Falls back to a plain write when the
+    /// data does not shrink, the cluster is already plain (overwritten in place), or the
+    /// image is encrypted (QEMU would store compressed data unencrypted).
+    pub fn write_compressed(&mut self, offset: u64, data: &[u8]) -> Result<(), Error<B::Error>> {
+        let cs = self.geo.cluster_len();
+        let len = data.len() as u64;
+        let whole = data.len() == cs
+            || (data.len() < cs && offset.checked_add(len) == Some(self.geo.size));
+        if self.geo.in_cluster(offset) != 0 || !whole || self.header.is_encrypted() {
+            return self.write_at(offset, data);
+        }
+        if let Cluster::Plain { .. } = self.lookup(offset)? {
+            return self.write_at(offset, data);
+        }
+        let mut input = vec![0u8; cs];
+        if let Some(d) = input.get_mut(..data.len()) {
+            d.copy_from_slice(data);
+        }
+        let mut out = vec![0u8; cs];
+        let n = self.deflater.get_or_insert_with(Deflater::default).compress(&input, &mut out);
+        let Some(n) = n else {
+            return self.write_at(offset, data);
+        };
+        let host = self.file_len;
+        let stream = out.get(..n).unwrap_or_default();
+        let entry = L2Entry::compressed(&self.geo, host, n as u64)
+            .ok_or(Error::FileTooLarge(self.geo.compressed_offset_limit()))?;
+        self.append(host, stream)?;
+        self.barrier()?;
+        self.link(offset, entry)
+    }
+}
+
+/// Sequentially writes a fresh image made by [`create`]: clusters are pushed in
+/// increasing guest order; data is buffered and written in large runs; each L2 table
+/// is written after its data, and the L1 entry after its L2 table.
+pub struct Writer<B: BlockIo> {
+    io: B,
+    header: Header,
+    geo: Geometry,
+    cipher: Option<Cipher>,
+    file_len: u64,
+    /// L1 index of the table being filled, and its entries.
+    l2: Option<(u64, Vec<u64>)>,
+    pending: Vec<u8>,
+    pending_at: u64,
+}
+
+/// Bytes buffered before a write is issued.
+const WRITE_BUFFER: usize = 4 << 20;
+
+impl<B: BlockIo> core::fmt::Debug for Writer<B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Writer").field("file_len", &self.file_len).finish_non_exhaustive()
+    }
+}
+
+impl<B: BlockIo> Writer<B> {
+    /// Creates the image on `io` with `opts` and returns a writer for its clusters.
+    pub fn create(mut io: B, opts: &CreateOptions<'_>, secret: Option<&[u8]>) -> Result<Self, Error<B::Error>> {
+        let header = create(&mut io, opts)?;
+        let cipher = match (opts.encrypted, secret) {
+            (false, _) => None,
+            (true, Some(s)) => Some(Cipher::from_secret(s).map_err(|_| Error::SecretNotUtf8)?),
+            (true, None) => return Err(Error::PasswordRequired),
+        };
+        let file_len = io.len()?;
+        Ok(Writer {
+            io,
+            geo: header.geometry(),
+            header,
+            cipher,
+            file_len,
+            l2: None,
+            pending: Vec::new(),
+            pending_at: file_len,
+        })
+    }
+
+    /// The image's geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    /// The header written.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    fn flush_pending(&mut self) -> Result<(), Error<B::Error>> {
+        if !self.pending.is_empty() {
+            self.io.write_at(self.pending_at, &self.pending)?;
+            self.pending.clear();
+        }
+        self.pending_at = self.file_len;
+        Ok(())
+    }
+
+    fn put(&mut self, at: u64, data: &[u8]) -> Result<(), Error<B::Error>> {
+        if at != self.pending_at.saturating_add(self.pending.len() as u64) {
+            self.flush_pending()?;
+            self.pending_at = at;
+        }
+        self.pending.extend_from_slice(data);
+        self.file_len = self.file_len.max(at.saturating_add(data.len() as u64));
+        if self.pending.len() >= WRITE_BUFFER {
+            self.flush_pending()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the L2 table being filled, then its L1 entry.
+    fn close_table(&mut self) -> Result<(), Error<B::Error>> {
+        let Some((l1i, entries)) = self.l2.take() else {
+            return Ok(());
+        };
+        let at = round_up(self.file_len, self.geo.cluster_size()).ok_or(Error::FileTooLarge(self.file_len))?;
+        let mut table = Vec::with_capacity(entries.len().saturating_mul(8));
+        for e in &entries {
+            table.extend_from_slice(&e.to_be_bytes());
+        }
+        self.put(at, &table)?;
+        self.flush_pending()?;
+        let l1_at = self.header.l1_table_offset.saturating_add(l1i.saturating_mul(8));
+        self.io.write_at(l1_at, &at.to_be_bytes())?;
+        Ok(())
+    }
+
+    fn set_entry(&mut self, cluster: u64, entry: u64) -> Result<(), Error<B::Error>> {
+        let guest = cluster.checked_shl(u32::from(self.geo.cluster_bits)).unwrap_or(u64::MAX);
+        if guest >= self.geo.size {
+            return Err(Error::OutOfRange { offset: guest, len: 0, size: self.geo.size });
+        }
+        let l1i = self.geo.l1_index(guest);
+        if self.l2.as_ref().is_some_and(|(i, _)| *i != l1i) {
+            self.close_table()?;
+        }
+        let n = usize::try_from(self.geo.l2_entries()).unwrap_or(0);
+        let (_, entries) = self.l2.get_or_insert_with(|| (l1i, vec![0u64; n]));
+        let l2i = usize::try_from(self.geo.l2_index(guest)).unwrap_or(usize::MAX);
+        if let Some(e) = entries.get_mut(l2i) {
+            *e = entry;
+        }
+        Ok(())
+    }
+
+    /// Stores guest cluster number `cluster` (pushed in increasing order) as a plain
+    /// cluster; `data` is at most one cluster (the last may be short: zero-padded).
+    pub fn push_plain(&mut self, cluster: u64, data: &[u8]) -> Result<(), Error<B::Error>> {
+        let cs = self.geo.cluster_len();
+        let at = round_up(self.file_len, self.geo.cluster_size()).ok_or(Error::FileTooLarge(self.file_len))?;
+        self.set_entry(cluster, at)?;
+        let mut buf;
+        let mut data = data.get(..cs.min(data.len())).unwrap_or_default();
+        if let Some(c) = &self.cipher {
+            buf = vec![0u8; cs];
+            if let Some(d) = buf.get_mut(..data.len()) {
+                d.copy_from_slice(data);
+            }
+            let sector = cluster.checked_shl(u32::from(self.geo.cluster_bits).saturating_sub(9)).unwrap_or(0);
+            c.encrypt(sector, &mut buf);
+            data = &buf;
+        }
+        self.put(at, data)?;
+        let pad = cs.saturating_sub(data.len());
+        if pad > 0 {
+            let zeros = vec![0u8; pad];
+            self.put(at.saturating_add(data.len() as u64), &zeros)?;
+        }
+        Ok(())
+    }
+
+    /// Stores guest cluster `cluster` as the raw-deflate `stream` (from
+    /// [`Deflater::compress`]: shorter than a cluster).
+    pub fn push_compressed(&mut self, cluster: u64, stream: &[u8]) -> Result<(), Error<B::Error>> {
+        let at = self.file_len;
+        let entry = L2Entry::compressed(&self.geo, at, stream.len() as u64)
+            .ok_or(Error::FileTooLarge(self.geo.compressed_offset_limit()))?;
+        self.set_entry(cluster, entry.0)?;
+        self.put(at, stream)
+    }
+
+    /// Writes what is buffered, the last L2 table and its L1 entry; flushes.
+    pub fn finish(mut self) -> Result<B, Error<B::Error>> {
+        self.close_table()?;
+        self.flush_pending()?;
+        self.io.flush()?;
+        Ok(self.io)
+    }
+}
