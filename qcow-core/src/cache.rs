@@ -59,7 +59,9 @@ impl TableCache {
             c.stamp = clock;
             return Ok(c.entries.get(slot).copied().unwrap_or(0));
         }
-        let n = table_entries.saturating_sub(first).min(CHUNK_ENTRIES as u64);
+        let n = table_entries
+            .saturating_sub(first)
+            .min(CHUNK_ENTRIES as u64);
         let mut raw = [0u8; CHUNK_ENTRIES * 8];
         // n ≤ 64, so n * 8 ≤ 512.
         let len = usize::try_from(n).unwrap_or(0).saturating_mul(8);
@@ -79,7 +81,11 @@ impl TableCache {
             stamp: clock,
         };
         if let Err(chunk) = self.chunks.push(chunk) {
-            if let Some(victim) = self.chunks.iter_mut().min_by_key(|c| clock.wrapping_sub(c.stamp).wrapping_neg()) {
+            if let Some(victim) = self
+                .chunks
+                .iter_mut()
+                .min_by_key(|c| clock.wrapping_sub(c.stamp).wrapping_neg())
+            {
                 *victim = chunk;
             }
         }

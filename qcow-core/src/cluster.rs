@@ -90,7 +90,11 @@ mod deflate {
             let mut pieces = input.chunks(WINDOW).peekable();
             while let Some(piece) = pieces.next() {
                 let last = pieces.peek().is_none();
-                let flush = if last { TDEFLFlush::Finish } else { TDEFLFlush::Full };
+                let flush = if last {
+                    TDEFLFlush::Finish
+                } else {
+                    TDEFLFlush::Full
+                };
                 let dst = out.get_mut(written..)?;
                 let (status, consumed, n) = compress(&mut self.state, piece, dst, flush);
                 written = written.checked_add(n)?;
@@ -106,7 +110,11 @@ mod deflate {
 }
 
 #[cfg(all(test, feature = "alloc"))]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
 
@@ -142,8 +150,13 @@ mod tests {
     fn short_and_garbage() {
         let mut out = alloc::vec![0u8; 512];
         let mut small = alloc::vec![0u8; 100];
-        let n = Deflater::default().compress(&[7u8; 100], &mut small).unwrap();
-        assert_eq!(inflate(&small[..n], &mut out), Err(InflateError::Short(100)));
+        let n = Deflater::default()
+            .compress(&[7u8; 100], &mut small)
+            .unwrap();
+        assert_eq!(
+            inflate(&small[..n], &mut out),
+            Err(InflateError::Short(100))
+        );
         assert_eq!(inflate(&[0xff; 16], &mut out), Err(InflateError::Invalid));
         assert_eq!(inflate(&[], &mut out), Err(InflateError::Invalid));
     }

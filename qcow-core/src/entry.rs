@@ -84,9 +84,20 @@ mod tests {
 
     #[test]
     fn compressed_roundtrip() {
-        let g = Geometry { cluster_bits: 16, l2_bits: 13, l1_size: 1, size: 1 << 20 };
+        let g = Geometry {
+            cluster_bits: 16,
+            l2_bits: 13,
+            l1_size: 1,
+            size: 1 << 20,
+        };
         let e = L2Entry::compressed(&g, 123_456_789, 65535).unwrap_or_default();
-        assert_eq!(e.decode(&g), Cluster::Compressed { host: 123_456_789, len: 65535 });
+        assert_eq!(
+            e.decode(&g),
+            Cluster::Compressed {
+                host: 123_456_789,
+                len: 65535
+            }
+        );
         assert_eq!(L2Entry::compressed(&g, 1, 65536), None);
         assert_eq!(L2Entry(0).decode(&g), Cluster::Unallocated);
         assert_eq!(L2Entry(4096).decode(&g), Cluster::Plain { host: 4096 });

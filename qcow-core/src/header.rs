@@ -98,9 +98,7 @@ impl Header {
         }
         l1_entries(self.size, self.cluster_bits, self.l2_bits)
             .ok_or(Error::ImageTooLarge(self.size))?;
-        if self.backing_file_offset != 0
-            && self.backing_file_size as usize > MAX_BACKING_NAME
-        {
+        if self.backing_file_offset != 0 && self.backing_file_size as usize > MAX_BACKING_NAME {
             return Err(Error::BackingNameTooLong(self.backing_file_size));
         }
         Ok(())
@@ -310,19 +308,70 @@ mod tests {
         for (f, e) in [
             (Header { size: 1, ..base() }, Error::SizeTooSmall(1)),
             (Header { size: 0, ..base() }, Error::SizeTooSmall(0)),
-            (Header { cluster_bits: 8, ..base() }, Error::ClusterBits(8)),
-            (Header { cluster_bits: 17, ..base() }, Error::ClusterBits(17)),
-            (Header { cluster_bits: 255, ..base() }, Error::ClusterBits(255)),
-            (Header { l2_bits: 5, ..base() }, Error::L2Bits(5)),
-            (Header { l2_bits: 14, ..base() }, Error::L2Bits(14)),
-            (Header { crypt_method: 2, ..base() }, Error::CryptMethod(2)),
-            (Header { size: u64::MAX, ..base() }, Error::ImageTooLarge(u64::MAX)),
             (
-                Header { size: 1 << 52, cluster_bits: 9, l2_bits: 6, ..base() },
+                Header {
+                    cluster_bits: 8,
+                    ..base()
+                },
+                Error::ClusterBits(8),
+            ),
+            (
+                Header {
+                    cluster_bits: 17,
+                    ..base()
+                },
+                Error::ClusterBits(17),
+            ),
+            (
+                Header {
+                    cluster_bits: 255,
+                    ..base()
+                },
+                Error::ClusterBits(255),
+            ),
+            (
+                Header {
+                    l2_bits: 5,
+                    ..base()
+                },
+                Error::L2Bits(5),
+            ),
+            (
+                Header {
+                    l2_bits: 14,
+                    ..base()
+                },
+                Error::L2Bits(14),
+            ),
+            (
+                Header {
+                    crypt_method: 2,
+                    ..base()
+                },
+                Error::CryptMethod(2),
+            ),
+            (
+                Header {
+                    size: u64::MAX,
+                    ..base()
+                },
+                Error::ImageTooLarge(u64::MAX),
+            ),
+            (
+                Header {
+                    size: 1 << 52,
+                    cluster_bits: 9,
+                    l2_bits: 6,
+                    ..base()
+                },
                 Error::ImageTooLarge(1 << 52),
             ),
             (
-                Header { backing_file_offset: 48, backing_file_size: 1024, ..base() },
+                Header {
+                    backing_file_offset: 48,
+                    backing_file_size: 1024,
+                    ..base()
+                },
                 Error::BackingNameTooLong(1024),
             ),
         ] {
@@ -332,29 +381,73 @@ mod tests {
 
     #[test]
     fn layout() {
-        let h = Header { size: 1 << 30, ..base() };
+        let h = Header {
+            size: 1 << 30,
+            ..base()
+        };
         // 512 L1 entries = 4096 bytes at offset 48.
         assert_eq!(h.validate_layout::<()>(4144), Ok(()));
         assert_eq!(
             h.validate_layout::<()>(4143),
-            Err(Error::L1OutOfFile { offset: 48, len: 4096, file_len: 4143 })
+            Err(Error::L1OutOfFile {
+                offset: 48,
+                len: 4096,
+                file_len: 4143
+            })
         );
-        let h2 = Header { l1_table_offset: 52, ..h };
-        assert_eq!(h2.validate_layout::<()>(1 << 20), Err(Error::L1Misaligned(52)));
-        let h3 = Header { l1_table_offset: 8, ..h };
-        assert_eq!(h3.validate_layout::<()>(1 << 20), Err(Error::L1OverlapsHeader(8)));
-        let h4 = Header { l1_table_offset: u64::MAX - 7, ..h };
-        assert!(matches!(h4.validate_layout::<()>(1 << 20), Err(Error::L1OutOfFile { .. })));
-        let h5 = Header { backing_file_offset: 4100, backing_file_size: 100, l1_table_offset: 8192, ..h };
+        let h2 = Header {
+            l1_table_offset: 52,
+            ..h
+        };
+        assert_eq!(
+            h2.validate_layout::<()>(1 << 20),
+            Err(Error::L1Misaligned(52))
+        );
+        let h3 = Header {
+            l1_table_offset: 8,
+            ..h
+        };
+        assert_eq!(
+            h3.validate_layout::<()>(1 << 20),
+            Err(Error::L1OverlapsHeader(8))
+        );
+        let h4 = Header {
+            l1_table_offset: u64::MAX - 7,
+            ..h
+        };
+        assert!(matches!(
+            h4.validate_layout::<()>(1 << 20),
+            Err(Error::L1OutOfFile { .. })
+        ));
+        let h5 = Header {
+            backing_file_offset: 4100,
+            backing_file_size: 100,
+            l1_table_offset: 8192,
+            ..h
+        };
         assert!(matches!(h5.validate_layout::<()>(8192 + 4096), Ok(())));
-        assert!(matches!(h5.validate_layout::<()>(4150), Err(Error::L1OutOfFile { .. })));
-        let h6 = Header { backing_file_offset: u64::MAX, backing_file_size: 10, ..h };
-        assert!(matches!(h6.validate_layout::<()>(1 << 20), Err(Error::BackingNameOutOfFile { .. })));
+        assert!(matches!(
+            h5.validate_layout::<()>(4150),
+            Err(Error::L1OutOfFile { .. })
+        ));
+        let h6 = Header {
+            backing_file_offset: u64::MAX,
+            backing_file_size: 10,
+            ..h
+        };
+        assert!(matches!(
+            h6.validate_layout::<()>(1 << 20),
+            Err(Error::BackingNameOutOfFile { .. })
+        ));
     }
 
     #[test]
     fn geometry() {
-        let g = Header { size: 1000, ..base() }.geometry();
+        let g = Header {
+            size: 1000,
+            ..base()
+        }
+        .geometry();
         assert_eq!(g.size, 512);
         assert_eq!(g.l1_size, 1);
         assert_eq!(g.l2_span(), 2 << 20);

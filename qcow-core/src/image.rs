@@ -21,6 +21,11 @@ pub enum StatusKind {
         /// Host offset of the first byte.
         host: u64,
     },
+    /// Encrypted data at this host offset (QEMU's map reports it as compressed).
+    Encrypted {
+        /// Host offset of the first byte.
+        host: u64,
+    },
     /// Part of a compressed cluster whose stream starts at `host`.
     Compressed {
         /// Host offset of the stream.
@@ -218,7 +223,9 @@ pub fn read_backing_name<'a, B: BlockIo>(
     };
     // validate() bounded the length by MAX_BACKING_NAME.
     let n = usize::try_from(header.backing_file_size).unwrap_or(usize::MAX);
-    let dst = buf.get_mut(..n).ok_or(Error::BackingNameTooLong(header.backing_file_size))?;
+    let dst = buf
+        .get_mut(..n)
+        .ok_or(Error::BackingNameTooLong(header.backing_file_size))?;
     io.read_at(range.start, dst)?;
     Ok(dst)
 }
@@ -384,7 +391,12 @@ where
     /// The raw L2 entry for `guest` in the table at `l2`.
     pub(crate) fn l2_entry(&mut self, l2: u64, guest: u64) -> Result<L2Entry, Error<B::Error>> {
         let i = self.geo.l2_index(guest);
-        Ok(L2Entry(self.cache.get(&mut self.io, l2, self.geo.l2_entries(), i)?))
+        Ok(L2Entry(self.cache.get(
+            &mut self.io,
+            l2,
+            self.geo.l2_entries(),
+            i,
+        )?))
     }
 
     /// Where the cluster holding guest offset `guest` is stored, every reference checked.
@@ -502,12 +514,7 @@ where
     }
 
     /// Reads plain, possibly encrypted, data of guest range `guest..` from `host`.
-    fn read_plain(
-        &mut self,
-        guest: u64,
-        host: u64,
-        buf: &mut [u8],
-    ) -> Result<(), Error<B::Error>> {
+    fn read_plain(&mut self, guest: u64, host: u64, buf: &mut [u8]) -> Result<(), Error<B::Error>> {
         if !self.header.is_encrypted() {
             self.io.read_at(host, buf)?;
             return Ok(());
@@ -534,7 +541,9 @@ where
                 self.io.read_at(sector_start, &mut sector)?;
                 cipher.decrypt(g / 512, &mut sector);
                 let n = SECTOR.saturating_sub(skew).min(rest.len());
-                if let (Some(d), Some(s)) = (rest.get_mut(..n), sector.get(skew..skew.saturating_add(n))) {
+                if let (Some(d), Some(s)) =
+                    (rest.get_mut(..n), sector.get(skew..skew.saturating_add(n)))
+                {
                     d.copy_from_slice(s);
                 }
                 pos = pos.saturating_add(n);
@@ -552,7 +561,10 @@ where
             let guest = offset.saturating_add(pos as u64);
             let remaining = (buf.len().saturating_sub(pos)) as u64;
             let (c, run) = self.extent(guest, remaining)?;
-            let n = usize::try_from(run).unwrap_or(usize::MAX).min(buf.len().saturating_sub(pos)).max(1);
+            let n = usize::try_from(run)
+                .unwrap_or(usize::MAX)
+                .min(buf.len().saturating_sub(pos))
+                .max(1);
             let piece = buf.get_mut(pos..pos.saturating_add(n)).unwrap_or_default();
             match c {
                 Cluster::Unallocated => self.backing.read_at(guest, piece)?,
@@ -564,7 +576,10 @@ where
                         .scratch
                         .as_mut()
                         .get(at..at.saturating_add(piece.len()))
-                        .ok_or(Error::BufferTooSmall { need: at.saturating_add(piece.len()), got: 0 })?;
+                        .ok_or(Error::BufferTooSmall {
+                            need: at.saturating_add(piece.len()),
+                            got: 0,
+                        })?;
                     piece.copy_from_slice(src);
                 }
             }
@@ -614,6 +629,11 @@ where
                 len,
                 depth: 0,
                 kind: StatusKind::Unallocated,
+            },
+            Cluster::Plain { host } if self.header.is_encrypted() => Status {
+                len,
+                depth: 0,
+                kind: StatusKind::Encrypted { host },
             },
             Cluster::Plain { host } => Status {
                 len,

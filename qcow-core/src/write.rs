@@ -13,7 +13,9 @@ use crate::cluster::Deflater;
 use crate::crypt::{Cipher, SECTOR};
 use crate::entry::{Cluster, L2Entry};
 use crate::error::Error;
-use crate::header::{l1_entries, Geometry, Header, CRYPT_AES, CRYPT_NONE, HEADER_SIZE, MAX_BACKING_NAME};
+use crate::header::{
+    l1_entries, Geometry, Header, CRYPT_AES, CRYPT_NONE, HEADER_SIZE, MAX_BACKING_NAME,
+};
 use crate::image::{Backing, Image};
 use crate::io::BlockIo;
 
@@ -57,14 +59,19 @@ impl CreateOptions<'_> {
 pub fn create<B: BlockIo>(io: &mut B, opts: &CreateOptions<'_>) -> Result<Header, Error<B::Error>> {
     let name = opts.backing.unwrap_or_default();
     if name.len() > MAX_BACKING_NAME {
-        return Err(Error::BackingNameTooLong(u32::try_from(name.len()).unwrap_or(u32::MAX)));
+        return Err(Error::BackingNameTooLong(
+            u32::try_from(name.len()).unwrap_or(u32::MAX),
+        ));
     }
     let with_backing = opts.backing.is_some();
     let size = round_up(opts.size, 512).ok_or(Error::ImageTooLarge(opts.size))?;
-    let cluster_bits = opts.cluster_bits.unwrap_or(if with_backing { 9 } else { 12 });
+    let cluster_bits = opts
+        .cluster_bits
+        .unwrap_or(if with_backing { 9 } else { 12 });
     let l2_bits = opts.l2_bits.unwrap_or(if with_backing { 12 } else { 9 });
     let name_len = name.len() as u64;
-    let header_size = round_up((HEADER_SIZE as u64).saturating_add(name_len), 8).unwrap_or(u64::MAX);
+    let header_size =
+        round_up((HEADER_SIZE as u64).saturating_add(name_len), 8).unwrap_or(u64::MAX);
     let h = Header {
         backing_file_offset: if with_backing { HEADER_SIZE as u64 } else { 0 },
         backing_file_size: u32::try_from(name.len()).unwrap_or(0),
@@ -72,7 +79,11 @@ pub fn create<B: BlockIo>(io: &mut B, opts: &CreateOptions<'_>) -> Result<Header
         size,
         cluster_bits,
         l2_bits,
-        crypt_method: if opts.encrypted { CRYPT_AES } else { CRYPT_NONE },
+        crypt_method: if opts.encrypted {
+            CRYPT_AES
+        } else {
+            CRYPT_NONE
+        },
         l1_table_offset: header_size,
     };
     h.validate()?;
@@ -147,7 +158,10 @@ where
         self.append(l2, &table)?;
         self.barrier()?;
         let l1i = self.geo.l1_index(guest);
-        let at = self.header.l1_table_offset.saturating_add(l1i.saturating_mul(8));
+        let at = self
+            .header
+            .l1_table_offset
+            .saturating_add(l1i.saturating_mul(8));
         self.io.write_at(at, &l2.to_be_bytes())?;
         self.cache.update(self.header.l1_table_offset, l1i, l2);
         Ok(())
@@ -170,7 +184,11 @@ where
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error<B::Error>> {
         let len = data.len() as u64;
         if offset.checked_add(len).is_none_or(|e| e > self.geo.size) {
-            return Err(Error::OutOfRange { offset, len, size: self.geo.size });
+            return Err(Error::OutOfRange {
+                offset,
+                len,
+                size: self.geo.size,
+            });
         }
         if self.header.is_encrypted() && self.cipher.is_none() {
             return Err(Error::PasswordRequired);
@@ -194,7 +212,12 @@ where
     }
 
     /// Allocates a cluster holding the current content merged with `piece`, then links it.
-    fn write_new_cluster(&mut self, guest: u64, in_cl: usize, piece: &[u8]) -> Result<(), Error<B::Error>> {
+    fn write_new_cluster(
+        &mut self,
+        guest: u64,
+        in_cl: usize,
+        piece: &[u8],
+    ) -> Result<(), Error<B::Error>> {
         let cs = self.geo.cluster_len();
         let start = guest.saturating_sub(in_cl as u64);
         let mut buf = vec![0u8; cs];
@@ -214,7 +237,12 @@ where
     }
 
     /// Overwrites part of an allocated plain cluster in place.
-    fn overwrite_plain(&mut self, guest: u64, host: u64, piece: &[u8]) -> Result<(), Error<B::Error>> {
+    fn overwrite_plain(
+        &mut self,
+        guest: u64,
+        host: u64,
+        piece: &[u8],
+    ) -> Result<(), Error<B::Error>> {
         let Some(cipher) = self.cipher.clone() else {
             self.io.write_at(host, piece)?;
             return Ok(());
@@ -236,6 +264,29 @@ where
         Ok(())
     }
 
+    /// Empties the image, as QEMU's `make_empty` after a commit: zeroes the L1 table
+    /// (flushed), then truncates the file after it. Afterwards every cluster reads
+    /// from the backing layer.
+    pub fn make_empty(&mut self) -> Result<(), Error<B::Error>> {
+        let l1 = self.header.l1_table_offset;
+        let l1_len = round_up(self.geo.l1_bytes(), 512).unwrap_or(u64::MAX);
+        let zeros = vec![0u8; usize::try_from(self.geo.l1_bytes()).unwrap_or(0)];
+        self.io.write_at(l1, &zeros)?;
+        self.io.flush()?;
+        self.cache.clear();
+        self.inflated = None;
+        let meta_end = self
+            .header
+            .backing_name_range()
+            .map_or(0, |r| r.end)
+            .max(l1.saturating_add(l1_len));
+        if meta_end < self.file_len {
+            self.io.set_len(meta_end)?;
+            self.file_len = meta_end;
+        }
+        Ok(())
+    }
+
     /// Writes one cluster compressed at the cluster-aligned guest `offset`: `data` is a
     /// whole cluster, or the tail of the last one. Falls back to a plain write when the
     /// data does not shrink, the cluster is already plain (overwritten in place), or the
@@ -243,8 +294,8 @@ where
     pub fn write_compressed(&mut self, offset: u64, data: &[u8]) -> Result<(), Error<B::Error>> {
         let cs = self.geo.cluster_len();
         let len = data.len() as u64;
-        let whole = data.len() == cs
-            || (data.len() < cs && offset.checked_add(len) == Some(self.geo.size));
+        let whole =
+            data.len() == cs || (data.len() < cs && offset.checked_add(len) == Some(self.geo.size));
         if self.geo.in_cluster(offset) != 0 || !whole || self.header.is_encrypted() {
             return self.write_at(offset, data);
         }
@@ -256,7 +307,10 @@ where
             d.copy_from_slice(data);
         }
         let mut out = vec![0u8; cs];
-        let n = self.deflater.get_or_insert_with(Deflater::default).compress(&input, &mut out);
+        let n = self
+            .deflater
+            .get_or_insert_with(Deflater::default)
+            .compress(&input, &mut out);
         let Some(n) = n else {
             return self.write_at(offset, data);
         };
@@ -290,13 +344,19 @@ const WRITE_BUFFER: usize = 4 << 20;
 
 impl<B: BlockIo> core::fmt::Debug for Writer<B> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Writer").field("file_len", &self.file_len).finish_non_exhaustive()
+        f.debug_struct("Writer")
+            .field("file_len", &self.file_len)
+            .finish_non_exhaustive()
     }
 }
 
 impl<B: BlockIo> Writer<B> {
     /// Creates the image on `io` with `opts` and returns a writer for its clusters.
-    pub fn create(mut io: B, opts: &CreateOptions<'_>, secret: Option<&[u8]>) -> Result<Self, Error<B::Error>> {
+    pub fn create(
+        mut io: B,
+        opts: &CreateOptions<'_>,
+        secret: Option<&[u8]>,
+    ) -> Result<Self, Error<B::Error>> {
         let header = create(&mut io, opts)?;
         let cipher = match (opts.encrypted, secret) {
             (false, _) => None,
@@ -353,22 +413,32 @@ impl<B: BlockIo> Writer<B> {
         let Some((l1i, entries)) = self.l2.take() else {
             return Ok(());
         };
-        let at = round_up(self.file_len, self.geo.cluster_size()).ok_or(Error::FileTooLarge(self.file_len))?;
+        let at = round_up(self.file_len, self.geo.cluster_size())
+            .ok_or(Error::FileTooLarge(self.file_len))?;
         let mut table = Vec::with_capacity(entries.len().saturating_mul(8));
         for e in &entries {
             table.extend_from_slice(&e.to_be_bytes());
         }
         self.put(at, &table)?;
         self.flush_pending()?;
-        let l1_at = self.header.l1_table_offset.saturating_add(l1i.saturating_mul(8));
+        let l1_at = self
+            .header
+            .l1_table_offset
+            .saturating_add(l1i.saturating_mul(8));
         self.io.write_at(l1_at, &at.to_be_bytes())?;
         Ok(())
     }
 
     fn set_entry(&mut self, cluster: u64, entry: u64) -> Result<(), Error<B::Error>> {
-        let guest = cluster.checked_shl(u32::from(self.geo.cluster_bits)).unwrap_or(u64::MAX);
+        let guest = cluster
+            .checked_shl(u32::from(self.geo.cluster_bits))
+            .unwrap_or(u64::MAX);
         if guest >= self.geo.size {
-            return Err(Error::OutOfRange { offset: guest, len: 0, size: self.geo.size });
+            return Err(Error::OutOfRange {
+                offset: guest,
+                len: 0,
+                size: self.geo.size,
+            });
         }
         let l1i = self.geo.l1_index(guest);
         if self.l2.as_ref().is_some_and(|(i, _)| *i != l1i) {
@@ -387,7 +457,8 @@ impl<B: BlockIo> Writer<B> {
     /// cluster; `data` is at most one cluster (the last may be short: zero-padded).
     pub fn push_plain(&mut self, cluster: u64, data: &[u8]) -> Result<(), Error<B::Error>> {
         let cs = self.geo.cluster_len();
-        let at = round_up(self.file_len, self.geo.cluster_size()).ok_or(Error::FileTooLarge(self.file_len))?;
+        let at = round_up(self.file_len, self.geo.cluster_size())
+            .ok_or(Error::FileTooLarge(self.file_len))?;
         self.set_entry(cluster, at)?;
         let mut buf;
         let mut data = data.get(..cs.min(data.len())).unwrap_or_default();
@@ -396,7 +467,9 @@ impl<B: BlockIo> Writer<B> {
             if let Some(d) = buf.get_mut(..data.len()) {
                 d.copy_from_slice(data);
             }
-            let sector = cluster.checked_shl(u32::from(self.geo.cluster_bits).saturating_sub(9)).unwrap_or(0);
+            let sector = cluster
+                .checked_shl(u32::from(self.geo.cluster_bits).saturating_sub(9))
+                .unwrap_or(0);
             c.encrypt(sector, &mut buf);
             data = &buf;
         }

@@ -1,0 +1,86 @@
+//! `qcow create`: a new, empty image laid out as QEMU lays it out.
+
+use std::io::Write;
+use std::path::Path;
+
+use qcow_core::write::{create, CreateOptions};
+use qcow_std::file::FileIo;
+use qcow_std::{Format, OpenOptions};
+
+use crate::common::{err, parse_size, read_secret, CliError, VerbResult};
+
+/// The warning QEMU's users get for this cipher.
+pub const WEAK_CIPHER: &str = "qcow: warning: the qcow AES-CBC encryption is weak and deprecated \
+(no integrity, predictable IVs, a password used directly as key); use LUKS (qcow2/luks) for new images";
+
+/// Runs `create`.
+pub fn run(
+    file: &Path,
+    size: Option<&str>,
+    backing: Option<&str>,
+    backing_format: Option<Format>,
+    encrypt: bool,
+    password: Option<&Path>,
+    out: &mut dyn Write,
+) -> VerbResult {
+    let backing = backing.filter(|b| !b.is_empty());
+    let size = match size {
+        Some(s) => parse_size(s).map_err(|e| err(file, e))?,
+        None => {
+            let Some(b) = backing else {
+                return Err(err(file, "image creation needs a size parameter"));
+            };
+            let path = qcow_std::open::resolve_backing(file, Path::new(b));
+            let opts = OpenOptions {
+                format: backing_format,
+                ..OpenOptions::default()
+            };
+            qcow_std::open(&path, &opts)?.size()
+        }
+    };
+    if size == 0 {
+        return Err(err(file, "image size must be at least 1 byte"));
+    }
+    let secret = match (encrypt, password) {
+        (true, Some(p)) => Some(read_secret(p)?),
+        (true, None) => {
+            return Err(err(file, "--encrypt needs --password-file"));
+        }
+        (false, _) => None,
+    };
+    if let Some(s) = &secret {
+        qcow_core::crypt::Cipher::from_secret(s)
+            .map_err(|_| err(file, "secret is not valid UTF-8 (or holds a NUL byte)"))?;
+        eprintln!("{WEAK_CIPHER}");
+    }
+    let opts = CreateOptions {
+        backing: backing.map(str::as_bytes),
+        encrypted: encrypt,
+        ..CreateOptions::new(size)
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(file)
+        .map_err(|e| err(file, e))?;
+    let mut io = FileIo::new(f);
+    create(&mut io, &opts).map_err(|e| CliError::from(qcow_std::Error::image(file, e)))?;
+    let mut line = format!(
+        "Formatting '{}', fmt=qcow size={}",
+        file.display(),
+        opts.size.div_ceil(512) * 512
+    );
+    if let Some(b) = backing {
+        line.push_str(&format!(" backing_file={b}"));
+        if let Some(f) = backing_format {
+            line.push_str(&format!(" backing_fmt={f}"));
+        }
+    }
+    if encrypt {
+        line.push_str(" encrypt.format=aes");
+    }
+    writeln!(out, "{line}").map_err(|e| CliError(format!("cannot write output: {e}")))?;
+    Ok(0)
+}

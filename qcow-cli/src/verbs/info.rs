@@ -1,0 +1,81 @@
+//! `qcow info`: format, sizes, backing file. Needs no password.
+
+use std::io::Write;
+use std::path::Path;
+
+use qcow_std::{Format, OpenOptions};
+
+use crate::common::{disk_usage, human_size, json_str, Output, VerbResult};
+
+/// Runs `info`.
+pub fn run(file: &Path, format: Option<Format>, output: Output, out: &mut dyn Write) -> VerbResult {
+    let opts = OpenOptions {
+        format,
+        no_backing: true,
+        ..OpenOptions::default()
+    };
+    let mut disk = qcow_std::open(file, &opts)?;
+    let size = disk.size();
+    let actual = disk_usage(file);
+    let name = file.display().to_string();
+    let fmt = disk.format();
+    let (cluster, encrypted, backing) = match disk.qcow() {
+        Some(img) => {
+            let h = *img.header();
+            let mut buf = [0u8; qcow_core::header::MAX_BACKING_NAME];
+            let backing = qcow_core::image::read_backing_name(img.io(), &h, &mut buf)
+                .map_err(|e| qcow_std::Error::image(file, e))?;
+            let backing =
+                (!backing.is_empty()).then(|| String::from_utf8_lossy(backing).into_owned());
+            (
+                Some(img.geometry().cluster_size()),
+                h.is_encrypted(),
+                backing,
+            )
+        }
+        None => (None, false, None),
+    };
+    let w = |e: std::io::Error| crate::common::CliError(format!("cannot write output: {e}"));
+    match output {
+        Output::Json => {
+            let mut fields = vec![
+                format!("    \"virtual-size\": {size}"),
+                format!("    \"filename\": {}", json_str(&name)),
+            ];
+            if let Some(c) = cluster {
+                fields.push(format!("    \"cluster-size\": {c}"));
+            }
+            fields.push(format!("    \"format\": \"{fmt}\""));
+            fields.push(format!("    \"actual-size\": {actual}"));
+            if fmt == Format::Qcow {
+                fields.push(format!("    \"encrypted\": {encrypted}"));
+            }
+            if let Some(b) = &backing {
+                let full = qcow_std::open::resolve_backing(file, Path::new(b));
+                fields.push(format!(
+                    "    \"full-backing-filename\": {}",
+                    json_str(&full.display().to_string())
+                ));
+                fields.push(format!("    \"backing-filename\": {}", json_str(b)));
+            }
+            fields.push("    \"dirty-flag\": false".into());
+            writeln!(out, "{{\n{}\n}}", fields.join(",\n")).map_err(w)?;
+        }
+        Output::Human => {
+            writeln!(out, "image: {name}").map_err(w)?;
+            writeln!(out, "file format: {fmt}").map_err(w)?;
+            writeln!(out, "virtual size: {} ({size} bytes)", human_size(size)).map_err(w)?;
+            writeln!(out, "disk size: {}", human_size(actual)).map_err(w)?;
+            if encrypted {
+                writeln!(out, "encrypted: yes").map_err(w)?;
+            }
+            if let Some(c) = cluster {
+                writeln!(out, "cluster_size: {c}").map_err(w)?;
+            }
+            if let Some(b) = &backing {
+                writeln!(out, "backing file: {b}").map_err(w)?;
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,176 @@
+//! `qcow map`: how the guest content is stored, as `qemu-img map`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use qcow_core::StatusKind;
+use qcow_std::{Format, OpenOptions};
+
+use crate::common::{err, json_str, CliError, Output, VerbResult};
+
+/// One extent of `qemu-img map --output=json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Guest offset.
+    pub start: u64,
+    /// Bytes.
+    pub length: u64,
+    /// Layer holding it (0 = the image itself).
+    pub depth: u32,
+    /// Whether some layer holds it.
+    pub present: bool,
+    /// Whether it reads as zeros.
+    pub zero: bool,
+    /// Whether it holds data.
+    pub data: bool,
+    /// Whether it is compressed (or encrypted, as QEMU reports those).
+    pub compressed: bool,
+    /// Host offset, for plain data.
+    pub offset: Option<u64>,
+}
+
+impl Extent {
+    fn continues(&self, next: &Extent) -> bool {
+        self.start + self.length == next.start
+            && self.depth == next.depth
+            && self.present == next.present
+            && self.zero == next.zero
+            && self.data == next.data
+            && self.compressed == next.compressed
+            && match (self.offset, next.offset) {
+                (Some(a), Some(b)) => a + self.length == b,
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
+/// The merged extents of a disk.
+pub fn extents(disk: &mut qcow_std::Disk) -> Result<Vec<Extent>, CliError> {
+    let size = disk.size();
+    let mut v: Vec<Extent> = Vec::new();
+    let mut at = 0u64;
+    while at < size {
+        let s = disk.status(at, size - at)?;
+        let len = s.len.clamp(1, size - at);
+        let (present, zero, data, compressed, offset) = match s.kind {
+            StatusKind::Unallocated => (false, true, false, false, None),
+            StatusKind::Data { host } => (true, false, true, false, Some(host)),
+            StatusKind::Encrypted { .. } | StatusKind::Compressed { .. } => {
+                (true, false, true, true, None)
+            }
+        };
+        let e = Extent {
+            start: at,
+            length: len,
+            depth: s.depth,
+            present,
+            zero,
+            data,
+            compressed,
+            offset,
+        };
+        match v.last_mut() {
+            Some(last) if last.continues(&e) => last.length += len,
+            _ => v.push(e),
+        }
+        at += len;
+    }
+    Ok(v)
+}
+
+fn chain_paths(file: &Path) -> Vec<PathBuf> {
+    let mut v = vec![file.to_path_buf()];
+    let mut cur = file.to_path_buf();
+    for _ in 0..64 {
+        let opts = OpenOptions {
+            no_backing: true,
+            ..OpenOptions::default()
+        };
+        let Ok(mut d) = qcow_std::open(&cur, &opts) else {
+            break;
+        };
+        let Some(img) = d.qcow() else { break };
+        let h = *img.header();
+        let mut buf = [0u8; qcow_core::header::MAX_BACKING_NAME];
+        let Ok(name) = qcow_core::image::read_backing_name(img.io(), &h, &mut buf) else {
+            break;
+        };
+        if name.is_empty() {
+            break;
+        }
+        use std::os::unix::ffi::OsStrExt;
+        cur = qcow_std::open::resolve_backing(&cur, Path::new(std::ffi::OsStr::from_bytes(name)));
+        v.push(cur.clone());
+    }
+    v
+}
+
+/// Runs `map`.
+pub fn run(file: &Path, format: Option<Format>, output: Output, out: &mut dyn Write) -> VerbResult {
+    let opts = OpenOptions {
+        format,
+        ..OpenOptions::default()
+    };
+    let mut disk = qcow_std::open(file, &opts)?;
+    let ext = extents(&mut disk)?;
+    let w = |e: std::io::Error| CliError(format!("cannot write output: {e}"));
+    match output {
+        Output::Json => {
+            let lines: Vec<String> = ext
+                .iter()
+                .map(|e| {
+                    let mut s = format!(
+                        "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}, \"compressed\": {}",
+                        e.start, e.length, e.depth, e.present, e.zero, e.data, e.compressed
+                    );
+                    if let Some(o) = e.offset {
+                        s.push_str(&format!(", \"offset\": {o}"));
+                    }
+                    s.push('}');
+                    s
+                })
+                .collect();
+            writeln!(out, "[{}]", lines.join(",\n")).map_err(w)?;
+        }
+        Output::Human => {
+            let chain = chain_paths(file);
+            writeln!(
+                out,
+                "{:<16}{:<16}{:<16}File",
+                "Offset", "Length", "Mapped to"
+            )
+            .map_err(w)?;
+            let hex = |v: u64| {
+                if v == 0 {
+                    "0".to_string()
+                } else {
+                    format!("{v:#x}")
+                }
+            };
+            for e in &ext {
+                if e.compressed {
+                    return Err(err(
+                        file,
+                        "File contains external, encrypted or compressed clusters.",
+                    ));
+                }
+                if let Some(o) = e.offset {
+                    let f = chain
+                        .get(e.depth as usize)
+                        .map_or_else(String::new, |p| p.display().to_string());
+                    writeln!(
+                        out,
+                        "{:<16}{:<16}{:<16}{}",
+                        hex(e.start),
+                        hex(e.length),
+                        hex(o),
+                        json_str(&f).trim_matches('"')
+                    )
+                    .map_err(w)?;
+                }
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,308 @@
+//! Copying a disk into a new raw or qcow image.
+//!
+//! The source is read in large chunks; unallocated ranges (at every depth of its
+//! chain) are not read at all. A raw output is sparse: zero blocks become holes. A qcow
+//! output is written sequentially by [`qcow_core::write::Writer`]; zero clusters stay
+//! unallocated; with a backing file only clusters that differ from it are written;
+//! with compression, clusters are deflated on worker threads, in order.
+
+use std::fs::{File, OpenOptions as FsOpen};
+use std::path::Path;
+
+use qcow_core::cluster::Deflater;
+use qcow_core::write::{CreateOptions, Writer};
+use qcow_core::StatusKind;
+use zeroize::Zeroizing;
+
+use crate::error::Error;
+use crate::file::FileIo;
+use crate::open::{Disk, Format};
+
+/// Bytes read from the source at a time.
+const CHUNK: usize = 4 << 20;
+
+/// What the output of [`convert`] is.
+pub struct ConvertOptions<'a> {
+    /// Output format.
+    pub format: Format,
+    /// Write compressed clusters (qcow output).
+    pub compress: bool,
+    /// The output's backing file: the name stored, and the opened disk to compare with.
+    pub backing: Option<(String, &'a mut Disk)>,
+    /// Encrypt the output with this secret (qcow output).
+    pub encrypt: Option<Zeroizing<Vec<u8>>>,
+    /// Worker threads for compression (0: all cores).
+    pub threads: usize,
+    /// Called with (bytes done, total) as the copy advances.
+    pub progress: Option<&'a mut dyn FnMut(u64, u64)>,
+}
+
+impl Default for ConvertOptions<'_> {
+    fn default() -> Self {
+        ConvertOptions {
+            format: Format::Raw,
+            compress: false,
+            backing: None,
+            encrypt: None,
+            threads: 0,
+            progress: None,
+        }
+    }
+}
+
+/// Whether every byte is zero.
+pub fn is_zero(b: &[u8]) -> bool {
+    let (head, rest) = b.split_at(b.len() % 16);
+    head.iter().all(|&x| x == 0)
+        && rest
+            .chunks_exact(16)
+            .all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
+}
+
+enum Sink {
+    Raw {
+        file: File,
+        path: std::path::PathBuf,
+    },
+    Qcow {
+        writer: Writer<FileIo>,
+        path: std::path::PathBuf,
+        deflaters: Vec<Deflater>,
+        threads: usize,
+    },
+}
+
+fn create_file(path: &Path) -> Result<File, Error> {
+    FsOpen::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}
+
+/// Copies the guest content of `src` into a new image at `dst`.
+pub fn convert(src: &mut Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Result<(), Error> {
+    let size = src.size();
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        opts.threads
+    };
+    let mut sink = match opts.format {
+        Format::Raw => {
+            if opts.backing.is_some() || opts.encrypt.is_some() || opts.compress {
+                return Err(Error::invalid(
+                    dst,
+                    "raw output takes no backing file, encryption or compression",
+                ));
+            }
+            let file = create_file(dst)?;
+            file.set_len(size).map_err(|e| Error::io(dst, e))?;
+            Sink::Raw {
+                file,
+                path: dst.to_path_buf(),
+            }
+        }
+        Format::Qcow => {
+            let mut io = FileIo::new(create_file(dst)?);
+            io.set_sync(false);
+            let name = opts.backing.as_ref().map(|(n, _)| n.as_bytes());
+            let create = CreateOptions {
+                size,
+                backing: name,
+                encrypted: opts.encrypt.is_some(),
+                ..CreateOptions::new(size)
+            };
+            let writer = Writer::create(io, &create, opts.encrypt.as_deref().map(|v| &v[..]))
+                .map_err(|e| Error::image(dst, e))?;
+            Sink::Qcow {
+                writer,
+                path: dst.to_path_buf(),
+                deflaters: Vec::new(),
+                threads,
+            }
+        }
+    };
+    let cluster = match &sink {
+        Sink::Qcow { writer, .. } => writer.geometry().cluster_len(),
+        Sink::Raw { .. } => 4096,
+    };
+    let mut buf = vec![0u8; CHUNK];
+    let mut base_buf = vec![0u8; if opts.backing.is_some() { CHUNK } else { 0 }];
+    let mut offset = 0u64;
+    while offset < size {
+        let n = usize::try_from((size - offset).min(CHUNK as u64)).unwrap_or(CHUNK);
+        let chunk = &mut buf[..n];
+        let allocated = read_allocated(src, offset, chunk)?;
+        let base = match &mut opts.backing {
+            Some((_, disk)) => {
+                let b = &mut base_buf[..n];
+                qcow_core::Backing::read_at(*disk, offset, b)
+                    .map_err(|e| Error::image(disk.path(), e))?;
+                Some(&base_buf[..n])
+            }
+            None => None,
+        };
+        match &mut sink {
+            Sink::Raw { file, path } => {
+                if allocated {
+                    write_sparse(file, path, offset, chunk, cluster)?
+                }
+            }
+            Sink::Qcow {
+                writer,
+                path,
+                deflaters,
+                threads,
+            } => {
+                let first = offset / cluster as u64;
+                let mut wanted: Vec<(u64, &[u8])> = Vec::new();
+                for (i, c) in chunk.chunks(cluster).enumerate() {
+                    let keep = match base {
+                        Some(b) => {
+                            let at = i * cluster;
+                            c != &b[at..at + c.len()]
+                        }
+                        None => allocated && !is_zero(c),
+                    };
+                    if keep {
+                        wanted.push((first + i as u64, c));
+                    }
+                }
+                if opts.compress && opts.encrypt.is_none() {
+                    let streams = compress_all(&wanted, deflaters, *threads, cluster);
+                    for ((idx, data), stream) in wanted.iter().zip(streams) {
+                        match stream {
+                            Some(s) => writer.push_compressed(*idx, &s),
+                            None => writer.push_plain(*idx, data),
+                        }
+                        .map_err(|e| Error::image(&*path, e))?;
+                    }
+                } else {
+                    for (idx, data) in &wanted {
+                        writer
+                            .push_plain(*idx, data)
+                            .map_err(|e| Error::image(&*path, e))?;
+                    }
+                }
+            }
+        }
+        offset += n as u64;
+        if let Some(p) = opts.progress.as_mut() {
+            p(offset, size);
+        }
+    }
+    match sink {
+        Sink::Raw { file, path } => file.sync_all().map_err(|e| Error::io(path, e))?,
+        Sink::Qcow { writer, path, .. } => {
+            let io = writer.finish().map_err(|e| Error::image(&path, e))?;
+            io.file().sync_all().map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    if let Some(p) = opts.progress.as_mut() {
+        p(size, size);
+    }
+    Ok(())
+}
+
+/// Reads `buf` from `src` at `offset`, skipping (zero-filling) unallocated ranges.
+/// Returns whether anything was allocated.
+fn read_allocated(src: &mut Disk, offset: u64, buf: &mut [u8]) -> Result<bool, Error> {
+    let mut pos = 0usize;
+    let mut any = false;
+    while pos < buf.len() {
+        let at = offset + pos as u64;
+        let st = src.status(at, (buf.len() - pos) as u64)?;
+        let len = usize::try_from(st.len)
+            .unwrap_or(usize::MAX)
+            .clamp(1, buf.len() - pos);
+        let piece = &mut buf[pos..pos + len];
+        if st.kind == StatusKind::Unallocated {
+            piece.fill(0);
+        } else {
+            src.read_at(at, piece)?;
+            any = true;
+        }
+        pos += len;
+    }
+    Ok(any)
+}
+
+/// Writes the non-zero blocks of `data` at `offset`, coalescing runs.
+fn write_sparse(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    data: &[u8],
+    block: usize,
+) -> Result<(), Error> {
+    use std::os::unix::fs::FileExt;
+    let mut run: Option<usize> = None;
+    let blocks: Vec<&[u8]> = data.chunks(block).collect();
+    for (i, b) in blocks.iter().enumerate() {
+        let zero = is_zero(b);
+        match (zero, run) {
+            (false, None) => run = Some(i * block),
+            (true, Some(start)) => {
+                file.write_all_at(&data[start..i * block], offset + start as u64)
+                    .map_err(|e| Error::io(path, e))?;
+                run = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = run {
+        file.write_all_at(&data[start..], offset + start as u64)
+            .map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
+/// Deflates every cluster, on up to `threads` threads; `None` where it does not shrink.
+fn compress_all(
+    clusters: &[(u64, &[u8])],
+    deflaters: &mut Vec<Deflater>,
+    threads: usize,
+    cluster: usize,
+) -> Vec<Option<Vec<u8>>> {
+    let threads = threads.clamp(1, clusters.len().max(1));
+    while deflaters.len() < threads {
+        deflaters.push(Deflater::default());
+    }
+    let per = clusters.len().div_ceil(threads).max(1);
+    let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(clusters.len());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = clusters
+            .chunks(per)
+            .zip(deflaters.iter_mut())
+            .map(|(part, d)| {
+                s.spawn(move || {
+                    let mut tmp = vec![0u8; cluster];
+                    let mut padded = Vec::new();
+                    part.iter()
+                        .map(|(_, data)| {
+                            let input = if data.len() < cluster {
+                                padded.clear();
+                                padded.extend_from_slice(data);
+                                padded.resize(cluster, 0);
+                                &padded[..]
+                            } else {
+                                data
+                            };
+                            d.compress(input, &mut tmp).map(|n| tmp[..n].to_vec())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            match h.join() {
+                Ok(v) => out.extend(v),
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+    });
+    out
+}

@@ -1,0 +1,357 @@
+//! Opening images by path: format probing and backing chain resolution.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions as FsOpen};
+use std::path::{Path, PathBuf};
+
+use qcow_core::header::{MAGIC, MAX_BACKING_NAME, VERSION};
+use qcow_core::image::{read_backing_name, read_header, scratch_len};
+use qcow_core::{Backing, BlockIo, Header, Image, NoBacking, Raw, Status};
+use zeroize::Zeroizing;
+
+use crate::error::{CoreError, Error};
+use crate::file::FileIo;
+
+/// A backing layer of any kind.
+pub type Layer = Box<dyn Backing<IoError = std::io::Error> + Send>;
+/// A qcow image on a file, over any backing layer.
+pub type QcowImage = Image<FileIo, Layer, Vec<u8>>;
+
+/// Image formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// QEMU's qcow version 1.
+    Qcow,
+    /// A plain disk image.
+    Raw,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "qcow" => Ok(Format::Qcow),
+            "raw" => Ok(Format::Raw),
+            _ => Err(format!("unknown format '{s}' (qcow or raw)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Qcow => "qcow",
+            Format::Raw => "raw",
+        })
+    }
+}
+
+/// How to open an image.
+#[derive(Clone)]
+pub struct OpenOptions {
+    /// Open the top image for writing (backing files are always read-only).
+    pub writable: bool,
+    /// The top image's format; `None` probes it.
+    pub format: Option<Format>,
+    /// The secret of encrypted images in the chain.
+    pub secret: Option<Zeroizing<Vec<u8>>>,
+    /// The deepest backing chain accepted.
+    pub max_depth: usize,
+    /// Open the top image without its backing chain (unallocated reads as zeros).
+    pub no_backing: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            writable: false,
+            format: None,
+            secret: None,
+            max_depth: 64,
+            no_backing: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for OpenOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenOptions")
+            .field("writable", &self.writable)
+            .field("format", &self.format)
+            .field("secret", &self.secret.as_ref().map(|_| "(set)"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// An opened disk: a qcow image with its chain, or a raw file.
+pub enum Disk {
+    /// A qcow image.
+    Qcow {
+        /// Its file.
+        path: PathBuf,
+        /// The image.
+        image: Box<QcowImage>,
+    },
+    /// A raw file.
+    Raw {
+        /// Its file.
+        path: PathBuf,
+        /// The file.
+        raw: Raw<FileIo>,
+    },
+}
+
+impl std::fmt::Debug for Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Disk({}, {})", self.format(), self.path().display())
+    }
+}
+
+/// Whether the first bytes of a file are qcow version 1's.
+pub fn probe(path: &Path) -> Result<Format, Error> {
+    let mut f = FileIo::new(File::open(path).map_err(|e| Error::io(path, e))?);
+    probe_io(&mut f).map_err(|e| Error::io(path, e))
+}
+
+fn probe_io(io: &mut FileIo) -> std::io::Result<Format> {
+    if io.len()? < 8 {
+        return Ok(Format::Raw);
+    }
+    let mut b = [0u8; 8];
+    io.read_at(0, &mut b)?;
+    let magic = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let version = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+    Ok(if magic == MAGIC && version == VERSION {
+        Format::Qcow
+    } else {
+        Format::Raw
+    })
+}
+
+/// Resolves a backing name as QEMU does: relative to the overlay's directory.
+pub fn resolve_backing(overlay: &Path, name: &Path) -> PathBuf {
+    if name.is_absolute() {
+        name.to_path_buf()
+    } else {
+        overlay.parent().unwrap_or_else(|| Path::new("")).join(name)
+    }
+}
+
+fn name_path(bytes: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
+}
+
+struct Link {
+    path: PathBuf,
+    io: FileIo,
+    header: Option<Header>,
+}
+
+/// Opens an image and, iteratively, its whole backing chain.
+pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Disk, Error> {
+    let top = path.as_ref().to_path_buf();
+    let mut chain: Vec<Link> = Vec::new();
+    let mut seen: HashSet<PathBuf> = HashSet::new();
+    let mut cur = top.clone();
+    let mut format = opts.format;
+    loop {
+        let writable = chain.is_empty() && opts.writable;
+        let file = FsOpen::new()
+            .read(true)
+            .write(writable)
+            .open(&cur)
+            .map_err(|e| match chain.last() {
+                Some(prev) => Error::BackingMissing {
+                    path: prev.path.clone(),
+                    backing: cur.clone(),
+                    source: e,
+                },
+                None => Error::io(&cur, e),
+            })?;
+        let canon = std::fs::canonicalize(&cur).unwrap_or_else(|_| cur.clone());
+        if !seen.insert(canon) {
+            return Err(Error::BackingLoop { path: cur });
+        }
+        let mut io = FileIo::new(file);
+        let fmt = match format {
+            Some(f) => f,
+            None => probe_io(&mut io).map_err(|e| Error::io(&cur, e))?,
+        };
+        if fmt == Format::Raw {
+            chain.push(Link {
+                path: cur,
+                io,
+                header: None,
+            });
+            break;
+        }
+        let header = read_header(&mut io).map_err(|e| Error::image(&cur, e))?;
+        let mut name = [0u8; MAX_BACKING_NAME];
+        let name = read_backing_name(&mut io, &header, &mut name)
+            .map_err(|e| Error::image(&cur, e))?
+            .to_vec();
+        chain.push(Link {
+            path: cur.clone(),
+            io,
+            header: Some(header),
+        });
+        if name.is_empty() || opts.no_backing {
+            break;
+        }
+        if chain.len() > opts.max_depth {
+            return Err(Error::ChainTooDeep {
+                path: cur,
+                limit: opts.max_depth,
+            });
+        }
+        cur = resolve_backing(&cur, &name_path(&name));
+        format = None;
+    }
+    let mut below: Option<Disk> = None;
+    while let Some(link) = chain.pop() {
+        let layer: Layer = match below.take() {
+            Some(d) => Box::new(d),
+            None => Box::new(NoBacking::<std::io::Error>::new()),
+        };
+        let disk = match link.header {
+            None => Disk::Raw {
+                raw: Raw::new(link.io).map_err(|e| Error::image(&link.path, e))?,
+                path: link.path,
+            },
+            Some(h) => {
+                let scratch = vec![0u8; scratch_len(&h.geometry())];
+                let mut image = Image::open(link.io, layer, scratch)
+                    .map_err(|e| Error::image(&link.path, e))?;
+                if h.is_encrypted() {
+                    if let Some(s) = &opts.secret {
+                        image
+                            .set_secret(s)
+                            .map_err(|e| Error::image(&link.path, e))?;
+                    }
+                }
+                Disk::Qcow {
+                    path: link.path,
+                    image: Box::new(image),
+                }
+            }
+        };
+        below = Some(disk);
+    }
+    below.ok_or_else(|| Error::invalid(&top, "nothing to open"))
+}
+
+impl Disk {
+    /// The file of the top image.
+    pub fn path(&self) -> &Path {
+        match self {
+            Disk::Qcow { path, .. } | Disk::Raw { path, .. } => path,
+        }
+    }
+    /// Its format.
+    pub fn format(&self) -> Format {
+        match self {
+            Disk::Qcow { .. } => Format::Qcow,
+            Disk::Raw { .. } => Format::Raw,
+        }
+    }
+    /// The guest size.
+    pub fn size(&self) -> u64 {
+        match self {
+            Disk::Qcow { image, .. } => image.size(),
+            Disk::Raw { raw, .. } => raw.size(),
+        }
+    }
+    /// The qcow image, when it is one.
+    pub fn qcow(&mut self) -> Option<&mut QcowImage> {
+        match self {
+            Disk::Qcow { image, .. } => Some(image),
+            Disk::Raw { .. } => None,
+        }
+    }
+    fn err(&self, e: CoreError) -> Error {
+        Error::image(self.path(), e)
+    }
+    /// Reads guest bytes (zeros past the end of a raw file's data are not special:
+    /// the range must lie inside [`Disk::size`]).
+    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let r = match self {
+            Disk::Qcow { image, .. } => image.read_at(offset, buf),
+            Disk::Raw { raw, .. } => {
+                let size = raw.size();
+                if offset
+                    .checked_add(buf.len() as u64)
+                    .is_none_or(|e| e > size)
+                {
+                    Err(qcow_core::Error::OutOfRange {
+                        offset,
+                        len: buf.len() as u64,
+                        size,
+                    })
+                } else {
+                    Backing::read_at(raw, offset, buf)
+                }
+            }
+        };
+        r.map_err(|e| self.err(e))
+    }
+    /// Writes guest bytes (the disk must be open for writing).
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
+        let r = match self {
+            Disk::Qcow { image, .. } => image.write_at(offset, data),
+            Disk::Raw { raw, .. } => {
+                let size = raw.size();
+                if offset
+                    .checked_add(data.len() as u64)
+                    .is_none_or(|e| e > size)
+                {
+                    Err(qcow_core::Error::OutOfRange {
+                        offset,
+                        len: data.len() as u64,
+                        size,
+                    })
+                } else {
+                    raw.io()
+                        .write_at(offset, data)
+                        .map_err(qcow_core::Error::Io)
+                }
+            }
+        };
+        r.map_err(|e| self.err(e))
+    }
+    /// How the range from `offset` is stored (at most `max` bytes).
+    pub fn status(&mut self, offset: u64, max: u64) -> Result<Status, Error> {
+        let r = match self {
+            Disk::Qcow { image, .. } => Backing::status(image.as_mut(), offset, max),
+            Disk::Raw { raw, .. } => raw.status(offset, max),
+        };
+        r.map_err(|e| self.err(e))
+    }
+    /// Makes written data durable.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        let r = match self {
+            Disk::Qcow { image, .. } => image.flush(),
+            Disk::Raw { raw, .. } => raw.io().flush().map_err(qcow_core::Error::Io),
+        };
+        r.map_err(|e| self.err(e))
+    }
+}
+
+impl Backing for Disk {
+    type IoError = std::io::Error;
+    fn size(&self) -> u64 {
+        Disk::size(self)
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), CoreError> {
+        match self {
+            Disk::Qcow { image, .. } => Backing::read_at(image.as_mut(), offset, buf),
+            Disk::Raw { raw, .. } => Backing::read_at(raw, offset, buf),
+        }
+    }
+    fn status(&mut self, offset: u64, max: u64) -> Result<Status, CoreError> {
+        match self {
+            Disk::Qcow { image, .. } => Backing::status(image.as_mut(), offset, max),
+            Disk::Raw { raw, .. } => raw.status(offset, max),
+        }
+    }
+}
