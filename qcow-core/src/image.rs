@@ -246,6 +246,7 @@ pub struct Image<B: BlockIo, K, S> {
     pub(crate) inflated: Option<u64>,
     pub(crate) cipher: Option<Cipher>,
     /// Flush between ordered write steps (data, L2, L1).
+    #[cfg_attr(not(feature = "alloc"), allow(dead_code))] // only the write path reads it
     pub(crate) barriers: bool,
     #[cfg(feature = "alloc")]
     pub(crate) deflater: Option<crate::cluster::Deflater>,
