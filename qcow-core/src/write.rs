@@ -429,9 +429,12 @@ impl<B: BlockIo> Writer<B> {
         Ok(())
     }
 
-    fn set_entry(&mut self, cluster: u64, entry: u64) -> Result<(), Error<B::Error>> {
+    /// Makes the L2 table of guest cluster `cluster` the one being filled, writing the
+    /// previous one out first; returns the index of the cluster's entry in it.
+    fn table_for(&mut self, cluster: u64) -> Result<usize, Error<B::Error>> {
         let guest = cluster
             .checked_shl(u32::from(self.geo.cluster_bits))
+            .filter(|g| g >> self.geo.cluster_bits == cluster)
             .unwrap_or(u64::MAX);
         if guest >= self.geo.size {
             return Err(Error::OutOfRange {
@@ -444,22 +447,27 @@ impl<B: BlockIo> Writer<B> {
         if self.l2.as_ref().is_some_and(|(i, _)| *i != l1i) {
             self.close_table()?;
         }
-        let n = usize::try_from(self.geo.l2_entries()).unwrap_or(0);
-        let (_, entries) = self.l2.get_or_insert_with(|| (l1i, vec![0u64; n]));
-        let l2i = usize::try_from(self.geo.l2_index(guest)).unwrap_or(usize::MAX);
-        if let Some(e) = entries.get_mut(l2i) {
+        if self.l2.is_none() {
+            let n = usize::try_from(self.geo.l2_entries()).unwrap_or(0);
+            self.l2 = Some((l1i, vec![0u64; n]));
+        }
+        Ok(usize::try_from(self.geo.l2_index(guest)).unwrap_or(usize::MAX))
+    }
+
+    fn set_entry(&mut self, slot: usize, entry: u64) {
+        if let Some(e) = self.l2.as_mut().and_then(|(_, t)| t.get_mut(slot)) {
             *e = entry;
         }
-        Ok(())
     }
 
     /// Stores guest cluster number `cluster` (pushed in increasing order) as a plain
     /// cluster; `data` is at most one cluster (the last may be short: zero-padded).
     pub fn push_plain(&mut self, cluster: u64, data: &[u8]) -> Result<(), Error<B::Error>> {
         let cs = self.geo.cluster_len();
+        let slot = self.table_for(cluster)?;
         let at = round_up(self.file_len, self.geo.cluster_size())
             .ok_or(Error::FileTooLarge(self.file_len))?;
-        self.set_entry(cluster, at)?;
+        self.set_entry(slot, at);
         let mut buf;
         let mut data = data.get(..cs.min(data.len())).unwrap_or_default();
         if let Some(c) = &self.cipher {
@@ -485,10 +493,11 @@ impl<B: BlockIo> Writer<B> {
     /// Stores guest cluster `cluster` as the raw-deflate `stream` (from
     /// [`Deflater::compress`]: shorter than a cluster).
     pub fn push_compressed(&mut self, cluster: u64, stream: &[u8]) -> Result<(), Error<B::Error>> {
+        let slot = self.table_for(cluster)?;
         let at = self.file_len;
         let entry = L2Entry::compressed(&self.geo, at, stream.len() as u64)
             .ok_or(Error::FileTooLarge(self.geo.compressed_offset_limit()))?;
-        self.set_entry(cluster, entry.0)?;
+        self.set_entry(slot, entry.0);
         self.put(at, stream)
     }
 
