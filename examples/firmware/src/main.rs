@@ -14,8 +14,8 @@
 //! Nothing is allocated. One static pool (in `.bss`, so it costs nothing until
 //! touched) holds the 64 KiB read buffer and every image's scratch buffer, carved to
 //! the exact [`scratch_len`] of each image's geometry (8 KiB for 4 KiB clusters, at
-//! most 128 KiB). The [`Image`]s themselves, with their table caches, live on the
-//! stack.
+//! most 128 KiB). The [`Image`]s themselves, with their table caches (about 8.6 KiB
+//! each), live on the stack: 43 KiB for the five layers, whether present or not.
 //!
 //! # Backing files
 //! A backing file name is resolved against the directory of the image naming it
@@ -24,10 +24,16 @@
 //! image and four backing files), with no recursion a file could drive:
 //! 1. [`discover`] walks the chain top-down in a bounded loop, opening each file into
 //!    a fixed array of [`LayerFile`]s (a cycle just runs into the bound);
-//! 2. [`run`] builds the layers bottom-up as nested types of fixed depth,
-//!    `Image<Fd, Lower<Lower<Lower<Lower<NoBacking>>>>, _>`, where each [`Lower`] is
-//!    absent, raw or qcow. Reading then goes through qcow-core's own [`Backing`]
-//!    chain. Deepening the chain is one more `Lower<...>` and one more line in `run`.
+//! 2. [`run`] builds the layers bottom-up as types nested to a fixed depth: each
+//!    layer is a [`Lower`] (absent, raw, or a qcow [`Image`]) whose own backing is a
+//!    `&mut` borrow of the layer beneath, down to [`NoBacking`]:
+//!    `Image<Fd, &mut Lower<&mut Lower<&mut Lower<&mut Lower<NoBacking>>>>, _>`.
+//!    Reading then goes through qcow-core's own [`Backing`] chain. Deepening the
+//!    chain is one more line in `run` (and in `LAYERS`).
+//!
+//! Borrowing rather than owning the layer beneath keeps every image in a local of
+//! its own: an owned nesting would be moved (copied) level by level, and the stack
+//! frame held about three times the chain (173 KiB instead of 43 KiB).
 //!
 //! # Unsafe
 //! This file is the only place in the repository with `unsafe`: the entry point
@@ -550,7 +556,8 @@ fn discover(image: &CStr) -> [LayerFile; LAYERS] {
         }
         let name = name_buf.get(..name_len).unwrap_or_default();
         if depth + 1 == LAYERS {
-            at(Error::ChainTooDeep(LAYERS));
+            let e = Error::<SysError>::ChainTooDeep(LAYERS);
+            fail(format_args!("{}: {e}", Show(image.to_bytes())));
         }
         let next = path.backing(name).unwrap_or_else(|| {
             fail(format_args!(
@@ -641,6 +648,23 @@ fn carve(pool: &mut &'static mut [u8], n: usize) -> Option<&'static mut [u8]> {
     Some(head)
 }
 
+/// Opens the qcow image on `fd`, layer `depth` of the chain, over the layer `below`
+/// it, with a scratch buffer carved from the pool.
+fn open_qcow<N: Backing<IoError = SysError>>(
+    depth: usize,
+    mut fd: Fd,
+    below: N,
+    pool: &mut &'static mut [u8],
+) -> Image<Fd, N, &'static mut [u8]> {
+    let at = |e: Error<SysError>| -> ! { fail(format_args!("layer {depth} of the chain: {e}")) };
+    let need = read_header(&mut fd)
+        .map(|h| scratch_len(&h.geometry()))
+        .unwrap_or_else(|e| at(e));
+    let got = pool.len();
+    let scratch = carve(pool, need).unwrap_or_else(|| at(Error::BufferTooSmall { need, got }));
+    Image::open(fd, below, scratch).unwrap_or_else(|e| at(e))
+}
+
 /// Opens layer `depth` of the chain over the layer `below` it.
 fn open_layer<N: Backing<IoError = SysError>>(
     depth: usize,
@@ -648,19 +672,12 @@ fn open_layer<N: Backing<IoError = SysError>>(
     below: N,
     pool: &mut &'static mut [u8],
 ) -> Lower<N> {
-    let at = |e: Error<SysError>| -> ! { fail(format_args!("layer {depth} of the chain: {e}")) };
     match file {
         LayerFile::Absent => Lower::Absent,
-        LayerFile::Raw(fd) => Lower::Raw(Raw::new(fd).unwrap_or_else(|e| at(e))),
-        LayerFile::Qcow(mut fd) => {
-            let need = read_header(&mut fd)
-                .map(|h| scratch_len(&h.geometry()))
-                .unwrap_or_else(|e| at(e));
-            let got = pool.len();
-            let scratch =
-                carve(pool, need).unwrap_or_else(|| at(Error::BufferTooSmall { need, got }));
-            Lower::Qcow(Image::open(fd, below, scratch).unwrap_or_else(|e| at(e)))
-        }
+        LayerFile::Raw(fd) => Lower::Raw(
+            Raw::new(fd).unwrap_or_else(|e| fail(format_args!("layer {depth} of the chain: {e}"))),
+        ),
+        LayerFile::Qcow(fd) => Lower::Qcow(open_qcow(depth, fd, below, pool)),
     }
 }
 
@@ -669,14 +686,17 @@ fn open_layer<N: Backing<IoError = SysError>>(
 fn run(image: &CStr, pool: &'static mut [u8]) -> ! {
     let (buf, mut pool) = pool.split_at_mut(READ_LEN);
     let [f0, f1, f2, f3, f4] = discover(image);
-    // Bottom-up; one line per level of LAYERS.
-    let l4 = open_layer(4, f4, NoBacking::new(), &mut pool);
-    let l3 = open_layer(3, f3, l4, &mut pool);
-    let l2 = open_layer(2, f2, l3, &mut pool);
-    let l1 = open_layer(1, f1, l2, &mut pool);
-    let Lower::Qcow(mut top) = open_layer(0, f0, l1, &mut pool) else {
+    let LayerFile::Qcow(top) = f0 else {
         fail(format_args!("{}: not a qcow image", Show(image.to_bytes())))
     };
+    // Bottom-up, one line per level of LAYERS. Each layer is a local of its own and
+    // the one above borrows it (`Backing` is implemented for `&mut T`), so no layer
+    // is ever moved into another: the stack holds each Image once.
+    let mut l4 = open_layer(4, f4, NoBacking::new(), &mut pool);
+    let mut l3 = open_layer(3, f3, &mut l4, &mut pool);
+    let mut l2 = open_layer(2, f2, &mut l3, &mut pool);
+    let mut l1 = open_layer(1, f1, &mut l2, &mut pool);
+    let mut top = open_qcow(0, top, &mut l1, &mut pool);
 
     let size = top.size();
     let mut crc = !0u32;
