@@ -143,6 +143,17 @@ pub enum Error<E> {
     ChainTooDeep(usize),
     /// The operation needs a feature this image or build does not have.
     Unsupported(&'static str),
+    /// A table or list could not be allocated (the image claims more than fits).
+    OutOfMemory,
+    /// The image has this many structural corruptions; repair it before changing it.
+    Corrupt(u64),
+    /// The new virtual size is below the current one and shrinking was not allowed.
+    ShrinkRefused {
+        /// The current virtual size.
+        size: u64,
+        /// The requested one.
+        new_size: u64,
+    },
 }
 
 impl<E> From<E> for Error<E> {
@@ -207,6 +218,9 @@ impl<E> Error<E> {
             Error::FileTooLarge(v) => Error::FileTooLarge(v),
             Error::ChainTooDeep(v) => Error::ChainTooDeep(v),
             Error::Unsupported(s) => Error::Unsupported(s),
+            Error::OutOfMemory => Error::OutOfMemory,
+            Error::Corrupt(n) => Error::Corrupt(n),
+            Error::ShrinkRefused { size, new_size } => Error::ShrinkRefused { size, new_size },
         }
     }
 }
@@ -298,6 +312,15 @@ impl<E: fmt::Debug> fmt::Display for Error<E> {
             Error::FileTooLarge(n) => write!(f, "image file would grow past {n} bytes"),
             Error::ChainTooDeep(n) => write!(f, "backing chain deeper than {n} images"),
             Error::Unsupported(s) => write!(f, "unsupported: {s}"),
+            Error::OutOfMemory => f.write_str("out of memory"),
+            Error::Corrupt(n) => write!(
+                f,
+                "image has {n} structural corruption(s): repair it first (check -r all)"
+            ),
+            Error::ShrinkRefused { size, new_size } => write!(
+                f,
+                "new size {new_size} is below the current size {size}: shrinking drops data past it and must be asked for (--shrink)"
+            ),
         }
     }
 }
