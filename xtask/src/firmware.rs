@@ -34,14 +34,11 @@ fn build_clean(cmd: &mut Command) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds the firmware in release and returns the binary's path.
-fn build_firmware() -> Result<PathBuf, String> {
-    let dir = firmware_dir();
-    let target_dir = dir.join("target");
+/// `cargo`, run in the firmware's directory (for its .cargo/config.toml) with only
+/// its own flags.
+fn firmware_command() -> Command {
     let mut cmd = cargo();
-    cmd.current_dir(&dir)
-        .args(["build", "--release", "--target-dir"])
-        .arg(&target_dir)
+    cmd.current_dir(firmware_dir())
         // The firmware's flags come from its .cargo/config.toml; RUSTFLAGS would
         // replace them all (and CI may set it).
         .env_remove("RUSTFLAGS")
@@ -49,6 +46,15 @@ fn build_firmware() -> Result<PathBuf, String> {
         .env_remove("CARGO_BUILD_RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("CARGO_TARGET_DIR");
+    cmd
+}
+
+/// Builds the firmware in release and returns the binary's path.
+fn build_firmware() -> Result<PathBuf, String> {
+    let target_dir = firmware_dir().join("target");
+    let mut cmd = firmware_command();
+    cmd.args(["build", "--release", "--target-dir"])
+        .arg(&target_dir);
     build_clean(&mut cmd)?;
     let bin = target_dir
         .join(FIRMWARE_TARGET)
@@ -131,6 +137,13 @@ pub fn nostd(args: &[String]) -> Result<(), String> {
     }
     let bin = build_firmware()?;
     check_firmware_binary(&bin)?;
+    // Clippy holds the firmware's unsafe blocks to their SAFETY comments.
+    build_clean(
+        firmware_command()
+            .args(["clippy", "--quiet", "--release", "--target-dir"])
+            .arg(firmware_dir().join("target"))
+            .args(["--", "-D", "warnings"]),
+    )?;
     eprintln!("nostd: ok");
     Ok(())
 }

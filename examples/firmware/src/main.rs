@@ -1,5 +1,5 @@
 //! `qcow-firmware`: reads a whole qcow guest disk the way a bootloader would, with no
-//! `std`, no libc, no allocator and no start files: its own `_start`, five raw Linux
+//! `std`, no libc, no allocator and no start files: its own `_start`, six raw Linux
 //! system calls, and `qcow-core` built with `default-features = false`.
 //!
 //! ```text
@@ -37,8 +37,10 @@
 //!
 //! # Unsafe
 //! This file is the only place in the repository with `unsafe`: the entry point
-//! (`_start` in `global_asm!`, reading argc/argv off the initial stack), the system
-//! calls in [`sys`], and taking the static pool once. Each block says why it is sound.
+//! (`_start` in `global_asm!`, reading argc/argv off the initial stack), the five C
+//! functions the compiler calls (`memcpy`, `memmove`, `memset`, `memcmp`/`bcmp`,
+//! `strlen`, in assembly), the system calls in [`sys`], and taking the static pool
+//! once. Each block says why it is sound.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -539,9 +541,9 @@ fn discover(image: &CStr) -> [LayerFile; LAYERS] {
         .unwrap_or_else(|| fail(format_args!("image path is too long")));
     let mut fd = open_or_fail(&path, "image");
     let mut is_qcow = true; // the top image must be qcow: read_header says if not
-    for depth in 0..LAYERS {
+    for (depth, slot) in files.iter_mut().enumerate() {
         if !is_qcow {
-            files[depth] = LayerFile::Raw(fd);
+            *slot = LayerFile::Raw(fd);
             break;
         }
         let at = |e: Error<SysError>| -> ! { fail(format_args!("{}: {e}", Show(path.bytes()))) };
@@ -549,7 +551,7 @@ fn discover(image: &CStr) -> [LayerFile; LAYERS] {
         let mut name_buf = [0u8; MAX_BACKING_NAME];
         let name = read_backing_name(&mut fd, &header, &mut name_buf).unwrap_or_else(|e| at(e));
         let name_len = name.len();
-        files[depth] = LayerFile::Qcow(fd);
+        *slot = LayerFile::Qcow(fd);
         // QEMU treats an empty name as no backing file.
         if name_len == 0 {
             break;
@@ -601,6 +603,7 @@ fn probe_qcow(fd: &mut Fd, path: &Path) -> bool {
 
 /// A layer beneath an image: nothing, a raw file, or a qcow image with its own layer
 /// `N` beneath. Nesting it gives a chain of fixed, type-level depth.
+#[allow(clippy::large_enum_variant)] // no allocator to box with: see "Memory" above
 enum Lower<N> {
     Absent,
     Raw(Raw<Fd>),
