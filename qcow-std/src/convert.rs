@@ -132,7 +132,24 @@ pub fn convert(src: &mut Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Resu
     let mut buf = vec![0u8; CHUNK];
     let mut base_buf = vec![0u8; if opts.backing.is_some() { CHUNK } else { 0 }];
     let mut offset = 0u64;
+    let skip_unit = cluster.max(4096) as u64;
     while offset < size {
+        // Skip what reads as zeros in the source (and, for an overlay, in its backing
+        // file too) without reading it: a sparse terabyte takes no time.
+        let mut skip = src.zero_run(offset, size - offset)?;
+        if skip > 0 {
+            if let Some((_, disk)) = &mut opts.backing {
+                skip = disk.zero_run(offset, skip)?;
+            }
+        }
+        let skip = if offset + skip >= size { size - offset } else { skip / skip_unit * skip_unit };
+        if skip > 0 {
+            offset += skip;
+            if let Some(p) = opts.progress.as_mut() {
+                p(offset, size);
+            }
+            continue;
+        }
         let n = usize::try_from((size - offset).min(CHUNK as u64)).unwrap_or(CHUNK);
         let chunk = &mut buf[..n];
         let allocated = read_allocated(src, offset, chunk)?;

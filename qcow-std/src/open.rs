@@ -327,6 +327,35 @@ impl Disk {
         };
         r.map_err(|e| self.err(e))
     }
+    /// The length of the run from `offset` (at most `max` bytes) known to read as
+    /// zeros without reading it: unallocated in a qcow chain, a hole in a raw file
+    /// (`SEEK_DATA`). 0 when the data there must be read.
+    pub fn zero_run(&mut self, offset: u64, max: u64) -> Result<u64, Error> {
+        match self {
+            Disk::Qcow { .. } => {
+                let s = self.status(offset, max)?;
+                Ok(if s.kind == qcow_core::StatusKind::Unallocated {
+                    s.len.min(max)
+                } else {
+                    0
+                })
+            }
+            Disk::Raw { raw, path } => {
+                let end = raw.size().min(offset.saturating_add(max));
+                if offset >= end {
+                    return Ok(max);
+                }
+                let file = raw.io().file();
+                match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(offset)) {
+                    Ok(data) => Ok(data.min(end).saturating_sub(offset)),
+                    Err(rustix::io::Errno::NXIO) => Ok(max),
+                    Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOTSUP => Ok(0),
+                    Err(e) => Err(Error::io(path.clone(), e.into())),
+                }
+            }
+        }
+    }
+
     /// Makes written data durable.
     pub fn flush(&mut self) -> Result<(), Error> {
         let r = match self {
