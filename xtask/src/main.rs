@@ -6,6 +6,7 @@
 //! Result<(), String>` (in its own module for anything sizeable), add a row, and, if
 //! CI should run it, call it from [`ci`].
 
+mod bench;
 mod firmware;
 
 use std::env;
@@ -33,6 +34,13 @@ const TASKS: &[Task] = &[
         run: ci,
     },
     // ---- fuzz / bench tasks go here --------------------------------------------
+    Task {
+        name: "bench",
+        usage: "[--rounds N] [--write]",
+        about: "qcow and qemu-img side by side on a 256 MiB mixed input: medians, \
+                ratios, peak memory (--write: benches/RESULTS.md and results.svg)",
+        run: bench::bench,
+    },
     // ---- no_std and firmware (examples/firmware, xtask/src/firmware.rs) ---------
     Task {
         name: "nostd",

@@ -1,0 +1,496 @@
+//! `cargo xtask bench`: qcow and qemu-img side by side on the same files, in one run.
+//!
+//! Makes a 256 MiB input of mixed random data, text and zero runs, then runs each
+//! operation with qemu-img and with qcow alternately (3 rounds by default), and prints
+//! the medians, their ratio (qemu-img's time / ours), the target, and the peak memory
+//! of each (from `/usr/bin/time -f %M`). `--write` also stores the table in
+//! `benches/RESULTS.md` and the ratios as `benches/results.svg`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use crate::{cargo, root, run};
+
+/// The input's size.
+const INPUT: u64 = 256 << 20;
+
+/// One measured command: wall seconds and peak RSS in KiB.
+#[derive(Clone, Copy)]
+struct Sample {
+    secs: f64,
+    kib: u64,
+}
+
+/// Runs `argv` under `/usr/bin/time -f %M` (when present), returning wall time and peak
+/// memory; fails unless it exits 0.
+fn measure(argv: &[String], stdout_to_null: bool) -> Result<Sample, String> {
+    let time = Path::new("/usr/bin/time");
+    let mut cmd = if time.exists() {
+        let mut c = Command::new(time);
+        c.arg("-f").arg("%M").args(argv);
+        c
+    } else {
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]);
+        c
+    };
+    if stdout_to_null {
+        cmd.stdout(std::process::Stdio::null());
+    }
+    let start = Instant::now();
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
+    let secs = start.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!(
+            "`{}` failed: {}\n{}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let kib = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    Ok(Sample { secs, kib })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A xorshift generator: the input is the same on every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// 256 MiB in 1 MiB pieces: random, text, zeros, and half random / half text.
+fn make_input(path: &Path) -> Result<(), String> {
+    if path.metadata().map(|m| m.len() == INPUT).unwrap_or(false) {
+        return Ok(());
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let text: Vec<u8> = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod \
+tempor incididunt ut labore et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud \
+exercitation ullamco laboris nisi ut aliquip ex ea commodo consequat.\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(1 << 20)
+        .collect();
+    let mut data = Vec::with_capacity(INPUT as usize);
+    for i in 0..(INPUT >> 20) {
+        match i % 4 {
+            0 => (0..(1 << 17)).for_each(|_| data.extend_from_slice(&rng.next().to_le_bytes())),
+            1 => data.extend_from_slice(&text),
+            2 => data.resize(data.len() + (1 << 20), 0),
+            _ => {
+                (0..(1 << 16)).for_each(|_| data.extend_from_slice(&rng.next().to_le_bytes()));
+                data.extend_from_slice(&text[..1 << 19]);
+            }
+        }
+    }
+    std::fs::write(path, &data).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+struct Row {
+    name: &'static str,
+    target: &'static str,
+    qemu: Option<f64>,
+    ours: f64,
+    qemu_kib: u64,
+    ours_kib: u64,
+    note: String,
+}
+
+impl Row {
+    fn ratio(&self) -> Option<f64> {
+        self.qemu.map(|q| q / self.ours)
+    }
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+/// Runs `qemu` and `ours` alternately `rounds` times, removing `outputs` before each.
+fn pair(
+    rounds: usize,
+    qemu: &[String],
+    ours: &[String],
+    outputs: &[&Path],
+) -> Result<(Vec<Sample>, Vec<Sample>), String> {
+    let (mut q, mut o) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for out in outputs {
+            let _ = std::fs::remove_file(out);
+        }
+        q.push(measure(qemu, true)?);
+        for out in outputs {
+            let _ = std::fs::remove_file(out);
+        }
+        o.push(measure(ours, true)?);
+    }
+    Ok((q, o))
+}
+
+fn row(name: &'static str, target: &'static str, q: &[Sample], o: &[Sample], note: String) -> Row {
+    Row {
+        name,
+        target,
+        qemu: Some(median(q.iter().map(|x| x.secs).collect())),
+        ours: median(o.iter().map(|x| x.secs).collect()),
+        qemu_kib: q.iter().map(|x| x.kib).max().unwrap_or(0),
+        ours_kib: o.iter().map(|x| x.kib).max().unwrap_or(0),
+        note,
+    }
+}
+
+/// `cargo xtask bench [--rounds N] [--write]`.
+pub fn bench(args: &[String]) -> Result<(), String> {
+    let mut rounds = 3usize;
+    let mut write = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--write" => write = true,
+            "--rounds" => {
+                rounds = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .ok_or("--rounds takes a positive number")?
+            }
+            _ => return Err(format!("unknown argument '{a}' (--rounds N, --write)")),
+        }
+    }
+    for tool in ["qemu-img", "qemu-io"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            return Err(format!("{tool} not found: install qemu-utils"));
+        }
+    }
+    run(cargo().args(["build", "--release", "-p", "qcow-cli"]))?;
+    let root = root();
+    let qcow = root.join("target/release/qcow").display().to_string();
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let p = |n: &str| -> PathBuf { dir.join(n) };
+    let ps = |n: &str| -> String { dir.join(n).display().to_string() };
+    eprintln!("making the 256 MiB input ...");
+    make_input(&p("mixed.raw"))?;
+    // Inputs made by qemu-img, used by both sides.
+    run(Command::new("qemu-img").args([
+        "convert",
+        "-O",
+        "qcow",
+        &ps("mixed.raw"),
+        &ps("in-plain.qcow"),
+    ]))?;
+    run(Command::new("qemu-img").args([
+        "convert",
+        "-c",
+        "-O",
+        "qcow",
+        &ps("mixed.raw"),
+        &ps("in-comp.qcow"),
+    ]))?;
+    let pw = p("pw");
+    std::fs::write(&pw, b"benchmark-secret").map_err(|e| e.to_string())?;
+    let secret = format!("secret,id=s0,file={}", pw.display());
+    let _ = std::fs::remove_file(p("in-enc.qcow"));
+    run(Command::new(&qcow).args([
+        "convert",
+        "-O",
+        "qcow",
+        "--encrypt",
+        "--target-password-file",
+        &ps("pw"),
+        &ps("mixed.raw"),
+        &ps("in-enc.qcow"),
+    ]))?;
+
+    let mut rows = Vec::new();
+    let out_q = p("out.qcow");
+    let out_r = p("out.raw");
+    let (q, o) = pair(
+        rounds,
+        &s(&[
+            "qemu-img",
+            "convert",
+            "-O",
+            "qcow",
+            &ps("mixed.raw"),
+            &ps("out.qcow"),
+        ]),
+        &s(&[
+            &qcow,
+            "convert",
+            "-O",
+            "qcow",
+            &ps("mixed.raw"),
+            &ps("out.qcow"),
+        ]),
+        &[&out_q],
+    )?;
+    rows.push(row("raw → qcow", "≥ 4", &q, &o, String::new()));
+    let (q, o) = pair(
+        rounds,
+        &s(&[
+            "qemu-img",
+            "convert",
+            "-O",
+            "raw",
+            &ps("in-plain.qcow"),
+            &ps("out.raw"),
+        ]),
+        &s(&[
+            &qcow,
+            "convert",
+            "-O",
+            "raw",
+            &ps("in-plain.qcow"),
+            &ps("out.raw"),
+        ]),
+        &[&out_r],
+    )?;
+    rows.push(row("qcow → raw", "≥ 3", &q, &o, String::new()));
+    let (q, o) = pair(
+        rounds,
+        &s(&[
+            "qemu-img",
+            "convert",
+            "-O",
+            "raw",
+            &ps("in-comp.qcow"),
+            &ps("out.raw"),
+        ]),
+        &s(&[
+            &qcow,
+            "convert",
+            "-O",
+            "raw",
+            &ps("in-comp.qcow"),
+            &ps("out.raw"),
+        ]),
+        &[&out_r],
+    )?;
+    rows.push(row("compressed qcow → raw", "≥ 3", &q, &o, String::new()));
+    // Sizes of -c outputs: measured once each, outside the timing loop.
+    let qc = p("qemu-c.qcow");
+    let oc = p("ours-c.qcow");
+    let (q, o) = pair(
+        rounds,
+        &s(&[
+            "qemu-img",
+            "convert",
+            "-c",
+            "-O",
+            "qcow",
+            &ps("mixed.raw"),
+            &ps("qemu-c.qcow"),
+        ]),
+        &s(&[
+            &qcow,
+            "convert",
+            "-c",
+            "-O",
+            "qcow",
+            &ps("mixed.raw"),
+            &ps("ours-c.qcow"),
+        ]),
+        &[&qc, &oc],
+    )?;
+    let qsize = qc.metadata().map(|m| m.len()).unwrap_or(0);
+    let osize = oc.metadata().map(|m| m.len()).unwrap_or(0);
+    let pct = (osize as f64 / qsize as f64 - 1.0) * 100.0;
+    rows.push(row(
+        "raw → qcow -c",
+        "≥ 2.5, size ≤ +2%",
+        &q,
+        &o,
+        format!("size {osize} vs {qsize} ({pct:+.1}%)"),
+    ));
+    let (q, o) = pair(
+        rounds,
+        &s(&[
+            "qemu-img",
+            "convert",
+            "--object",
+            &secret,
+            "--image-opts",
+            &format!(
+                "driver=qcow,file.filename={},encrypt.key-secret=s0",
+                ps("in-enc.qcow")
+            ),
+            "-O",
+            "raw",
+            &ps("out.raw"),
+        ]),
+        &s(&[
+            &qcow,
+            "convert",
+            "--password-file",
+            &ps("pw"),
+            "-O",
+            "raw",
+            &ps("in-enc.qcow"),
+            &ps("out.raw"),
+        ]),
+        &[&out_r],
+    )?;
+    rows.push(row("encrypted qcow → raw", "≥ 1", &q, &o, String::new()));
+    // A 1 TiB sparse image with 1 MiB of data near its end; read it at random offsets.
+    let big = p("sparse-1t.qcow");
+    let _ = std::fs::remove_file(&big);
+    run(Command::new(&qcow)
+        .args(["create", &ps("sparse-1t.qcow"), "1T"])
+        .stdout(std::process::Stdio::null()))?;
+    let tail = (1u64 << 40) - (16 << 20);
+    run(Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow",
+            "-c",
+            &format!("write -P 0x5a {tail} 16M"),
+            &ps("sparse-1t.qcow"),
+        ])
+        .stdout(std::process::Stdio::null()))?;
+    let mut rng = Rng(42);
+    let mut reads = Vec::new();
+    for i in 0..(rounds * 3) {
+        let off = if i % 2 == 0 {
+            tail + (rng.next() % (15 << 20))
+        } else {
+            rng.next() % ((1u64 << 40) - (1 << 20))
+        };
+        reads.push(measure(
+            &s(&[&qcow, "read", &ps("sparse-1t.qcow"), &off.to_string(), "1M"]),
+            true,
+        )?);
+    }
+    rows.push(Row {
+        name: "read 1 MiB of a 1 TiB sparse image",
+        target: "≤ 20 ms",
+        qemu: None,
+        ours: median(reads.iter().map(|x| x.secs).collect()),
+        qemu_kib: 0,
+        ours_kib: reads.iter().map(|x| x.kib).max().unwrap_or(0),
+        note: "random offsets, half in the data".into(),
+    });
+    let table = render(&rows, rounds);
+    println!("{table}");
+    if write {
+        let machine = machine();
+        let date = String::from_utf8_lossy(
+            &Command::new("date")
+                .arg("-u")
+                .arg("+%Y-%m-%d %H:%M UTC")
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default(),
+        )
+        .trim()
+        .to_string();
+        let md = format!(
+            "# Benchmark results\n\nMade by `cargo xtask bench --write` on {date}, {machine}.\n\
+             Each operation ran {rounds} times with qemu-img and with qcow alternately on the same \
+             files; times are medians, ratio = qemu-img / qcow (higher is better), memory is the \
+             peak RSS of the worst run. The machine is shared and noisy: compare ratios, not \
+             seconds. `results.svg` plots the ratios.\n\n{table}\n"
+        );
+        std::fs::write(root.join("benches/RESULTS.md"), md).map_err(|e| e.to_string())?;
+        std::fs::write(root.join("benches/results.svg"), svg(&rows)).map_err(|e| e.to_string())?;
+        eprintln!("wrote benches/RESULTS.md and benches/results.svg");
+    }
+    let _ = std::fs::remove_file(&out_r);
+    let _ = std::fs::remove_file(&big);
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let qemu = String::from_utf8_lossy(
+        &Command::new("qemu-img")
+            .arg("--version")
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default(),
+    )
+    .lines()
+    .next()
+    .unwrap_or("")
+    .to_string();
+    format!("{cores} cores ({cpu}), {qemu}")
+}
+
+fn render(rows: &[Row], rounds: usize) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "| operation (256 MiB mixed input, {rounds} runs each) | qemu-img | qcow | ratio | target | peak MiB qemu-img / qcow | notes |");
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|");
+    for r in rows {
+        let q = r.qemu.map_or("–".into(), |q| format!("{q:.3} s"));
+        let ratio = r.ratio().map_or("–".into(), |x| format!("{x:.1}×"));
+        let ours = if r.qemu.is_none() {
+            format!("{:.1} ms", r.ours * 1000.0)
+        } else {
+            format!("{:.3} s", r.ours)
+        };
+        let mem = if r.qemu.is_none() {
+            format!("{:.1}", r.ours_kib as f64 / 1024.0)
+        } else {
+            format!(
+                "{:.1} / {:.1}",
+                r.qemu_kib as f64 / 1024.0,
+                r.ours_kib as f64 / 1024.0
+            )
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {q} | {ours} | {ratio} | {} | {mem} | {} |",
+            r.name, r.target, r.note
+        );
+    }
+    t
+}
+
+/// A bar chart of the ratios, as a self-contained SVG.
+fn svg(rows: &[Row]) -> String {
+    let bars: Vec<(&str, f64)> = rows
+        .iter()
+        .filter_map(|r| r.ratio().map(|x| (r.name, x)))
+        .collect();
+    let max = bars.iter().map(|b| b.1).fold(1.0f64, f64::max).ceil();
+    let (w, bar_h, left) = (720.0, 34.0, 230.0);
+    let h = 60.0 + bars.len() as f64 * bar_h;
+    let scale = (w - left - 60.0) / max;
+    let mut o = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"13\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"20\" font-size=\"15\">qemu-img time / qcow time (higher is better)</text>\n");
+    for (i, (name, x)) in bars.iter().enumerate() {
+        let y = 40.0 + i as f64 * bar_h;
+        let _ = writeln!(o, "<text x=\"10\" y=\"{}\">{}</text><rect x=\"{left}\" y=\"{y}\" width=\"{:.1}\" height=\"{}\" fill=\"#3b7dd8\"/><text x=\"{:.1}\" y=\"{}\">{x:.1}×</text>", y + 18.0, name, x * scale, bar_h - 10.0, left + x * scale + 6.0, y + 18.0);
+    }
+    let one = left + scale;
+    let _ = writeln!(o, "<line x1=\"{one:.1}\" y1=\"32\" x2=\"{one:.1}\" y2=\"{}\" stroke=\"#c33\" stroke-dasharray=\"4\"/><text x=\"{:.1}\" y=\"{}\" fill=\"#c33\">1× (qemu-img)</text>", h - 10.0, one + 4.0, h - 4.0);
+    o.push_str("</svg>\n");
+    o
+}
