@@ -421,7 +421,9 @@ where
     /// The run of guest bytes from `guest` (at most `max`) stored alike: all
     /// unallocated, plain with contiguous host offsets, or one compressed cluster.
     /// Returns the cluster kind of the run's start and the run's length; a plain run's
-    /// host is the host offset of `guest` itself.
+    /// host is the host offset of `guest` itself. A bad reference after the first
+    /// cluster ends the run rather than failing it: it is reported when asked about
+    /// itself, so a map or a read gets everything before it.
     pub fn extent(&mut self, guest: u64, max: u64) -> Result<(Cluster, u64), Error<B::Error>> {
         let cs = self.geo.cluster_size();
         let first_len = cs.saturating_sub(self.geo.in_cluster(guest)).min(max);
@@ -432,7 +434,7 @@ where
             let mut len = to_span_end.min(max);
             let mut next = guest.saturating_add(len);
             while len < max && next < self.geo.size {
-                if self.l1_entry(next)?.l2_offset().is_some() {
+                if !matches!(self.l1_entry(next), Ok(e) if e.l2_offset().is_none()) {
                     break;
                 }
                 len = len.saturating_add(span).min(max);
@@ -457,7 +459,9 @@ where
             if next >= self.geo.size {
                 break;
             }
-            let c = self.lookup(next)?;
+            let Ok(c) = self.lookup(next) else {
+                break;
+            };
             let same = match (first, c) {
                 (Cluster::Unallocated, Cluster::Unallocated) => true,
                 (Cluster::Plain { host: h0 }, Cluster::Plain { host }) => {
