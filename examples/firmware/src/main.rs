@@ -14,8 +14,8 @@
 //! Nothing is allocated. One static pool (in `.bss`, so it costs nothing until
 //! touched) holds the 64 KiB read buffer and every image's scratch buffer, carved to
 //! the exact [`scratch_len`] of each image's geometry (8 KiB for 4 KiB clusters, at
-//! most 128 KiB). The [`Image`]s themselves, with their table caches (about 8.6 KiB
-//! each), live on the stack: 43 KiB for the five layers, whether present or not.
+//! most 128 KiB). The [`Image`]s themselves, with their table caches (8,592 bytes
+//! each), live on the stack: 42 KiB for the five layers, whether present or not.
 //!
 //! # Backing files
 //! A backing file name is resolved against the directory of the image naming it
@@ -33,7 +33,7 @@
 //!
 //! Borrowing rather than owning the layer beneath keeps every image in a local of
 //! its own: an owned nesting would be moved (copied) level by level, and the stack
-//! frame held about three times the chain (173 KiB instead of 43 KiB).
+//! frame held about three times the chain (173 KiB instead of 42 KiB).
 //!
 //! # Unsafe
 //! This file is the only place in the repository with `unsafe`: the entry point
