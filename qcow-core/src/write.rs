@@ -142,28 +142,73 @@ where
     /// Points the L2 entry of `guest` at `entry`, allocating (and writing) the L2 table
     /// first when there is none, then the L1 entry.
     pub(crate) fn link(&mut self, guest: u64, entry: L2Entry) -> Result<(), Error<B::Error>> {
-        let l2i = self.geo.l2_index(guest);
-        if let Some(l2) = self.l1_entry(guest)?.l2_offset() {
-            let at = l2.saturating_add(l2i.saturating_mul(8));
-            self.io.write_at(at, &entry.0.to_be_bytes())?;
+        self.link_many(&[(guest, entry)])
+    }
+
+    /// Points the L2 entries of many guest clusters (in increasing order) at their new
+    /// homes: entries in existing tables are written in place (adjacent ones in one
+    /// write); missing tables are written whole, holding their entries, then (after a
+    /// barrier) the L1 entries that point at them.
+    pub(crate) fn link_many(&mut self, links: &[(u64, L2Entry)]) -> Result<(), Error<B::Error>> {
+        // (table offset, first index, entry bytes) of a run of adjacent entries.
+        let mut run: Option<(u64, u64, Vec<u8>)> = None;
+        // (L1 index, table bytes) of tables to create.
+        let mut fresh: Vec<(u64, Vec<u8>)> = Vec::new();
+        for &(guest, entry) in links {
+            let l2i = self.geo.l2_index(guest);
+            let Some(l2) = self.l1_entry(guest)?.l2_offset() else {
+                let l1i = self.geo.l1_index(guest);
+                if fresh.last().is_none_or(|(i, _)| *i != l1i) {
+                    let n = usize::try_from(self.geo.l2_bytes()).unwrap_or(0);
+                    fresh.push((l1i, vec![0u8; n]));
+                }
+                let slot = usize::try_from(l2i.saturating_mul(8)).unwrap_or(usize::MAX);
+                if let Some(d) = fresh
+                    .last_mut()
+                    .and_then(|(_, t)| t.get_mut(slot..slot.saturating_add(8)))
+                {
+                    d.copy_from_slice(&entry.0.to_be_bytes());
+                }
+                continue;
+            };
             self.cache.update(l2, l2i, entry.0);
+            match &mut run {
+                Some((t, first, bytes))
+                    if *t == l2 && first.checked_add(bytes.len() as u64 / 8) == Some(l2i) =>
+                {
+                    bytes.extend_from_slice(&entry.0.to_be_bytes());
+                }
+                _ => {
+                    if let Some((t, first, bytes)) = run.take() {
+                        self.io
+                            .write_at(t.saturating_add(first.saturating_mul(8)), &bytes)?;
+                    }
+                    run = Some((l2, l2i, entry.0.to_be_bytes().to_vec()));
+                }
+            }
+        }
+        if let Some((t, first, bytes)) = run.take() {
+            self.io
+                .write_at(t.saturating_add(first.saturating_mul(8)), &bytes)?;
+        }
+        if fresh.is_empty() {
             return Ok(());
         }
-        let l2 = self.cluster_aligned_end()?;
-        let mut table = vec![0u8; usize::try_from(self.geo.l2_bytes()).unwrap_or(0)];
-        let slot = usize::try_from(l2i.saturating_mul(8)).unwrap_or(usize::MAX);
-        if let Some(d) = table.get_mut(slot..slot.saturating_add(8)) {
-            d.copy_from_slice(&entry.0.to_be_bytes());
+        let mut placed = Vec::with_capacity(fresh.len());
+        for (l1i, table) in &fresh {
+            let l2 = self.cluster_aligned_end()?;
+            self.append(l2, table)?;
+            placed.push((*l1i, l2));
         }
-        self.append(l2, &table)?;
         self.barrier()?;
-        let l1i = self.geo.l1_index(guest);
-        let at = self
-            .header
-            .l1_table_offset
-            .saturating_add(l1i.saturating_mul(8));
-        self.io.write_at(at, &l2.to_be_bytes())?;
-        self.cache.update(self.header.l1_table_offset, l1i, l2);
+        for (l1i, l2) in placed {
+            let at = self
+                .header
+                .l1_table_offset
+                .saturating_add(l1i.saturating_mul(8));
+            self.io.write_at(at, &l2.to_be_bytes())?;
+            self.cache.update(self.header.l1_table_offset, l1i, l2);
+        }
         Ok(())
     }
 
@@ -194,6 +239,11 @@ where
             return Err(Error::PasswordRequired);
         }
         let cs = self.geo.cluster_len();
+        // New clusters are gathered into one contiguous run at the end of the file,
+        // written, then linked all at once: one barrier per step, not per cluster.
+        let mut batch: Vec<u8> = Vec::new();
+        let mut links: Vec<(u64, L2Entry)> = Vec::new();
+        let mut batch_host = self.cluster_aligned_end()?;
         let mut pos = 0usize;
         while pos < data.len() {
             let guest = offset.saturating_add(pos as u64);
@@ -204,36 +254,37 @@ where
                 Cluster::Plain { host } => {
                     self.overwrite_plain(guest, host.saturating_add(in_cl as u64), piece)?
                 }
-                _ => self.write_new_cluster(guest, in_cl, piece)?,
+                _ => {
+                    let start = guest.saturating_sub(in_cl as u64);
+                    let at = batch.len();
+                    batch.resize(at.saturating_add(cs), 0);
+                    let buf = batch.get_mut(at..).unwrap_or_default();
+                    if piece.len() < cs {
+                        self.current_cluster(start, buf)?;
+                    }
+                    if let Some(d) = buf.get_mut(in_cl..in_cl.saturating_add(piece.len())) {
+                        d.copy_from_slice(piece);
+                    }
+                    if let Some(c) = &self.cipher {
+                        c.encrypt(start / 512, buf);
+                    }
+                    let host = batch_host.saturating_add(at as u64);
+                    links.push((guest, L2Entry::plain(host)));
+                }
             }
             pos = pos.saturating_add(n);
+            if batch.len() >= WRITE_BUFFER || pos >= data.len() {
+                if !links.is_empty() {
+                    self.append(batch_host, &batch)?;
+                    self.barrier()?;
+                    self.link_many(&links)?;
+                }
+                batch.clear();
+                links.clear();
+                batch_host = self.cluster_aligned_end()?;
+            }
         }
         Ok(())
-    }
-
-    /// Allocates a cluster holding the current content merged with `piece`, then links it.
-    fn write_new_cluster(
-        &mut self,
-        guest: u64,
-        in_cl: usize,
-        piece: &[u8],
-    ) -> Result<(), Error<B::Error>> {
-        let cs = self.geo.cluster_len();
-        let start = guest.saturating_sub(in_cl as u64);
-        let mut buf = vec![0u8; cs];
-        if piece.len() < cs {
-            self.current_cluster(start, &mut buf)?;
-        }
-        if let Some(d) = buf.get_mut(in_cl..in_cl.saturating_add(piece.len())) {
-            d.copy_from_slice(piece);
-        }
-        if let Some(c) = &self.cipher {
-            c.encrypt(start / 512, &mut buf);
-        }
-        let host = self.cluster_aligned_end()?;
-        self.append(host, &buf)?;
-        self.barrier()?;
-        self.link(guest, L2Entry::plain(host))
     }
 
     /// Overwrites part of an allocated plain cluster in place.
