@@ -5,17 +5,19 @@
 //! guest sector number, little-endian, zero-padded to 16 bytes. The format has no key
 //! check: a wrong password reads as garbage, it cannot be detected.
 
-use aes::cipher::{block_padding::NoPadding, BlockDecryptMut, BlockEncryptMut, KeyInit, KeyIvInit};
+use aes::cipher::{
+    block_padding::NoPadding, BlockDecryptMut, BlockEncryptMut, InnerIvInit, KeyInit,
+};
 use aes::Aes128;
 use zeroize::Zeroizing;
 
 /// Bytes per encrypted sector.
 pub const SECTOR: usize = 512;
 
-/// The expanded key. `aes` zeroizes its round keys on drop.
+/// The expanded key. `aes` zeroizes its round keys on drop (its `zeroize` feature).
 #[derive(Clone)]
 pub struct Cipher {
-    key: Zeroizing<[u8; 16]>,
+    aes: Aes128,
 }
 
 impl core::fmt::Debug for Cipher {
@@ -47,9 +49,8 @@ impl Cipher {
         if let (Some(d), Some(s)) = (key.get_mut(..n), secret.get(..n)) {
             d.copy_from_slice(s);
         }
-        // Validate once that the key length is right for AES-128 (it always is).
-        let _ = Aes128::new_from_slice(&key[..]).map_err(|_| SecretNotUtf8)?;
-        Ok(Cipher { key })
+        let aes = Aes128::new_from_slice(&key[..]).map_err(|_| SecretNotUtf8)?;
+        Ok(Cipher { aes })
     }
 
     /// Decrypts whole sectors in place; `first_sector` is the guest sector number of
@@ -58,9 +59,8 @@ impl Cipher {
         let mut sector = first_sector;
         for chunk in buf.chunks_exact_mut(SECTOR) {
             let iv = iv(sector);
-            if let Ok(d) = cbc::Decryptor::<Aes128>::new_from_slices(&self.key[..], &iv) {
-                let _ = d.decrypt_padded_mut::<NoPadding>(chunk);
-            }
+            let d = cbc::Decryptor::<Aes128>::inner_iv_init(self.aes.clone(), &iv.into());
+            let _ = d.decrypt_padded_mut::<NoPadding>(chunk);
             sector = sector.wrapping_add(1);
         }
     }
@@ -70,9 +70,8 @@ impl Cipher {
         let mut sector = first_sector;
         for chunk in buf.chunks_exact_mut(SECTOR) {
             let iv = iv(sector);
-            if let Ok(e) = cbc::Encryptor::<Aes128>::new_from_slices(&self.key[..], &iv) {
-                let _ = e.encrypt_padded_mut::<NoPadding>(chunk, SECTOR);
-            }
+            let e = cbc::Encryptor::<Aes128>::inner_iv_init(self.aes.clone(), &iv.into());
+            let _ = e.encrypt_padded_mut::<NoPadding>(chunk, SECTOR);
             sector = sector.wrapping_add(1);
         }
     }
