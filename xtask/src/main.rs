@@ -75,6 +75,14 @@ const TASKS: &[Task] = &[
 /// What CI runs, in order. Add the checks CI should make here.
 fn ci(args: &[String]) -> Result<(), String> {
     no_args("ci", args)?;
+    for tool in ["qemu-img", "qemu-io"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            return Err(format!("{tool} not found: install qemu-utils (the tests need it)"));
+        }
+    }
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args(["test", "--workspace"]))?;
     for name in ["nostd", "firmware-test"] {
         run_task(name, &[])?;
     }
