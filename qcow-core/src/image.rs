@@ -21,6 +21,11 @@ pub enum StatusKind {
         /// Host offset of the first byte.
         host: u64,
     },
+    /// A hole in a raw layer: present, reads as zeros.
+    Hole {
+        /// Host offset of the first byte.
+        host: u64,
+    },
     /// Encrypted data at this host offset (QEMU's map reports it as compressed).
     Encrypted {
         /// Host offset of the first byte.
@@ -623,7 +628,9 @@ where
         let max = max.min(self.geo.size.saturating_sub(offset));
         let (c, len) = self.extent(offset, max)?;
         Ok(match c {
-            Cluster::Unallocated if self.backing.is_present() => {
+            // Past the end of the backing layer the zeros are this layer's (QEMU
+            // reports depth 0 there, whatever lies further down).
+            Cluster::Unallocated if self.backing.is_present() && offset < self.backing.size() => {
                 let s = self.backing.status(offset, len)?;
                 Status {
                     depth: s.depth.saturating_add(1),

@@ -142,7 +142,11 @@ pub fn convert(src: &mut Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Resu
                 skip = disk.zero_run(offset, skip)?;
             }
         }
-        let skip = if offset + skip >= size { size - offset } else { skip / skip_unit * skip_unit };
+        let skip = if offset + skip >= size {
+            size - offset
+        } else {
+            skip / skip_unit * skip_unit
+        };
         if skip > 0 {
             offset += skip;
             if let Some(p) = opts.progress.as_mut() {
@@ -236,7 +240,7 @@ fn read_allocated(src: &mut Disk, offset: u64, buf: &mut [u8]) -> Result<bool, E
             .unwrap_or(usize::MAX)
             .clamp(1, buf.len() - pos);
         let piece = &mut buf[pos..pos + len];
-        if st.kind == StatusKind::Unallocated {
+        if matches!(st.kind, StatusKind::Unallocated | StatusKind::Hole { .. }) {
             piece.fill(0);
         } else {
             src.read_at(at, piece)?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use qcow_core::header::{MAGIC, MAX_BACKING_NAME, VERSION};
 use qcow_core::image::{read_backing_name, read_header, scratch_len};
-use qcow_core::{Backing, BlockIo, Header, Image, NoBacking, Raw, Status};
+use qcow_core::{Backing, BlockIo, Header, Image, NoBacking, Raw, Status, StatusKind};
 use zeroize::Zeroizing;
 
 use crate::error::{CoreError, Error};
@@ -321,10 +321,7 @@ impl Disk {
     }
     /// How the range from `offset` is stored (at most `max` bytes).
     pub fn status(&mut self, offset: u64, max: u64) -> Result<Status, Error> {
-        let r = match self {
-            Disk::Qcow { image, .. } => Backing::status(image.as_mut(), offset, max),
-            Disk::Raw { raw, .. } => raw.status(offset, max),
-        };
+        let r = Backing::status(self, offset, max);
         r.map_err(|e| self.err(e))
     }
     /// The length of the run from `offset` (at most `max` bytes) known to read as
@@ -334,10 +331,9 @@ impl Disk {
         match self {
             Disk::Qcow { .. } => {
                 let s = self.status(offset, max)?;
-                Ok(if s.kind == qcow_core::StatusKind::Unallocated {
-                    s.len.min(max)
-                } else {
-                    0
+                Ok(match s.kind {
+                    StatusKind::Unallocated | StatusKind::Hole { .. } => s.len.min(max),
+                    _ => 0,
                 })
             }
             Disk::Raw { raw, path } => {
@@ -349,7 +345,9 @@ impl Disk {
                 match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(offset)) {
                     Ok(data) => Ok(data.min(end).saturating_sub(offset)),
                     Err(rustix::io::Errno::NXIO) => Ok(max),
-                    Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOTSUP => Ok(0),
+                    Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOTSUP => {
+                        Ok(0)
+                    }
                     Err(e) => Err(Error::io(path.clone(), e.into())),
                 }
             }
@@ -380,7 +378,35 @@ impl Backing for Disk {
     fn status(&mut self, offset: u64, max: u64) -> Result<Status, CoreError> {
         match self {
             Disk::Qcow { image, .. } => Backing::status(image.as_mut(), offset, max),
-            Disk::Raw { raw, .. } => raw.status(offset, max),
+            Disk::Raw { raw, .. } => raw_status(raw, offset, max),
         }
     }
+}
+
+/// A raw file's status, with holes (`SEEK_DATA`/`SEEK_HOLE`) as [`StatusKind::Hole`].
+fn raw_status(raw: &mut Raw<FileIo>, offset: u64, max: u64) -> Result<Status, CoreError> {
+    use rustix::fs::{seek, SeekFrom};
+    let st = raw.status(offset, max)?;
+    let StatusKind::Data { host } = st.kind else {
+        return Ok(st);
+    };
+    let end = offset.saturating_add(st.len);
+    let file = raw.io().file();
+    let hole = |len: u64| Status {
+        len,
+        depth: 0,
+        kind: StatusKind::Hole { host },
+    };
+    Ok(match seek(file, SeekFrom::Data(offset)) {
+        Ok(d) if d > offset => hole(d.min(end) - offset),
+        Ok(_) => match seek(file, SeekFrom::Hole(offset)) {
+            Ok(h) if h > offset => Status {
+                len: h.min(end) - offset,
+                ..st
+            },
+            _ => st,
+        },
+        Err(rustix::io::Errno::NXIO) => hole(st.len),
+        Err(_) => st,
+    })
 }

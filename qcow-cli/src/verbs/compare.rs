@@ -3,7 +3,6 @@
 use std::io::Write;
 use std::path::Path;
 
-use qcow_core::StatusKind;
 use qcow_std::{Disk, Format};
 
 use crate::common::{open_disk, CliError, VerbResult};
@@ -35,6 +34,7 @@ pub fn run(
         return Ok(1);
     }
     if sa != sb {
+        writeln!(out, "Warning: Image size mismatch!").map_err(w)?;
         let longer = if sa > sb { &mut da } else { &mut db };
         if let Some(off) = first_nonzero(longer, common)? {
             writeln!(out, "Content mismatch at offset {off}!").map_err(w)?;
@@ -45,13 +45,9 @@ pub fn run(
     Ok(0)
 }
 
+/// Bytes from `at` that read as zeros without reading them (unallocated, or a hole).
 fn unallocated(d: &mut Disk, at: u64, max: u64) -> Result<u64, CliError> {
-    let s = d.status(at, max)?;
-    Ok(if s.kind == StatusKind::Unallocated {
-        s.len.min(max)
-    } else {
-        0
-    })
+    Ok(d.zero_run(at, max)?)
 }
 
 /// The first differing 512-byte sector (as qemu-img reports it) below `end`.

@@ -56,6 +56,7 @@ pub fn extents(disk: &mut qcow_std::Disk) -> Result<Vec<Extent>, CliError> {
         let (present, zero, data, compressed, offset) = match s.kind {
             StatusKind::Unallocated => (false, true, false, false, None),
             StatusKind::Data { host } => (true, false, true, false, Some(host)),
+            StatusKind::Hole { host } => (true, true, false, false, Some(host)),
             StatusKind::Encrypted { .. } | StatusKind::Compressed { .. } => {
                 (true, false, true, true, None)
             }
