@@ -1,1 +1,660 @@
-//! Consistency check and repair of an image (needs `alloc`).
+//! Structural check of an image (needs `alloc`): the header, the L1 table, every L2
+//! table, every data cluster and compressed stream, overlaps between all of them, and
+//! leaked space. [`check`] needs neither the backing file nor the password: it reads
+//! only metadata and compressed streams (which qcow never encrypts).
+//!
+//! # Corruptions
+//! Each problem is a [`Corruption`] naming the [`Reference`] at fault (L1 index, L2
+//! index, guest offset, host offset, length): an extent past the end of the file (or
+//! whose end overflows), an L2 table or data cluster not aligned to the cluster size
+//! (QEMU only needs 512 bytes to read, but never writes such a reference), an extent
+//! overlapping the header, the backing file name or the L1 table, two references
+//! sharing bytes (in host order the later one is reported, naming the one it
+//! overlaps, except that an L2 table is reported rather than the data it overlaps: the
+//! reported one is what a repair copies elsewhere), a compressed stream that does not inflate to exactly one cluster, and
+//! an entry mapping guest bytes past the virtual size.
+//!
+//! The entries of an L2 table are walked only when the table lies inside the file,
+//! clear of the metadata and of every other L2 table; so the references found are at
+//! most one per 8 bytes of the file, and memory stays proportional to the file size.
+//!
+//! # Leaks
+//! A leak is a host cluster (a cluster-sized, cluster-aligned piece of the file; the
+//! last one may be short) holding no byte of the header, the backing file name, the L1
+//! table, an L2 table, a data cluster or a compressed stream. Free bytes inside a
+//! cluster that also holds referenced bytes are padding: QEMU pads the L1 table to 512
+//! bytes and puts L2 tables and data clusters at the next cluster boundary after the
+//! end of the file, so images made by `qemu-img` and written by QEMU check clean.
+
+use alloc::vec::Vec;
+
+use crate::cluster::{inflate, InflateError};
+use crate::entry::{Cluster, L2Entry};
+use crate::error::{Error, RefKind};
+use crate::header::{Geometry, Header, HEADER_SIZE};
+use crate::image::read_header;
+use crate::io::BlockIo;
+
+/// One reference: where it is stored, what it points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reference {
+    /// An L2 table (from the L1 table), a data cluster or a compressed stream (from an
+    /// L2 table).
+    pub kind: RefKind,
+    /// The L1 entry holding it, or holding the L2 table that holds it.
+    pub l1_index: u64,
+    /// The L2 entry holding it; `None` for an L2 table.
+    pub l2_index: Option<u64>,
+    /// The first guest byte it maps.
+    pub guest: u64,
+    /// Host offset of the extent.
+    pub host: u64,
+    /// Length of the extent in bytes.
+    pub len: u64,
+}
+
+/// The fixed metadata of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Region {
+    /// The 48-byte header.
+    Header,
+    /// The backing file name.
+    BackingName,
+    /// The L1 table.
+    L1Table,
+}
+
+/// Why a compressed cluster is bad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompressedError {
+    /// Its length field is zero.
+    Empty,
+    /// Not a valid raw deflate stream.
+    Invalid,
+    /// It inflates to this many bytes, less than a cluster.
+    Short(usize),
+}
+
+/// A structural problem found by [`check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Corruption {
+    /// The extent ends past the end of the file, or its end overflows.
+    PastEof {
+        /// The reference.
+        reference: Reference,
+        /// The file's length.
+        file_len: u64,
+    },
+    /// An L2 table or data cluster not aligned to `align` (the cluster size).
+    Misaligned {
+        /// The reference.
+        reference: Reference,
+        /// The alignment it lacks.
+        align: u64,
+    },
+    /// The extent overlaps fixed metadata.
+    OverlapsMetadata {
+        /// The reference.
+        reference: Reference,
+        /// What it overlaps.
+        region: Region,
+    },
+    /// The extent shares bytes with an extent earlier in host order.
+    Overlap {
+        /// The reference (the later one in host order).
+        reference: Reference,
+        /// The one it overlaps.
+        other: Reference,
+    },
+    /// A compressed cluster that does not inflate to exactly one cluster.
+    Compressed {
+        /// The reference.
+        reference: Reference,
+        /// What is wrong with the stream.
+        error: CompressedError,
+    },
+    /// An L2 entry mapping guest bytes at or past the virtual size (QEMU never reads
+    /// it; it would reappear if the image grew).
+    BeyondSize {
+        /// The reference.
+        reference: Reference,
+        /// The virtual size.
+        size: u64,
+    },
+    /// The backing file name overlaps the L1 table.
+    MetadataOverlap {
+        /// The first region.
+        region: Region,
+        /// The one it overlaps.
+        other: Region,
+    },
+}
+
+impl Corruption {
+    /// The reference at fault, when the problem is about one.
+    pub fn reference(&self) -> Option<&Reference> {
+        match self {
+            Corruption::PastEof { reference, .. }
+            | Corruption::Misaligned { reference, .. }
+            | Corruption::OverlapsMetadata { reference, .. }
+            | Corruption::Overlap { reference, .. }
+            | Corruption::Compressed { reference, .. }
+            | Corruption::BeyondSize { reference, .. } => Some(reference),
+            Corruption::MetadataOverlap { .. } => None,
+        }
+    }
+}
+
+/// A run of leaked host clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leak {
+    /// Host offset of the first leaked cluster.
+    pub offset: u64,
+    /// Bytes in the run (the last cluster of the file may be short).
+    pub len: u64,
+    /// Clusters in the run.
+    pub clusters: u64,
+}
+
+/// What [`check`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The header.
+    pub header: Header,
+    /// The file's length.
+    pub file_len: u64,
+    /// Every structural problem, in table order, then the overlaps in host order.
+    pub corruptions: Vec<Corruption>,
+    /// The leaked cluster runs, in host order.
+    pub leaks: Vec<Leak>,
+    /// Leaked clusters in all.
+    pub leaked_clusters: u64,
+    /// Leaked bytes in all.
+    pub leaked_bytes: u64,
+    /// The end of the last referenced byte (the L1 table counted with its padding to
+    /// 512 bytes), at most the file's length: where the file could end.
+    pub image_end_offset: u64,
+    /// Guest clusters in the virtual size.
+    pub total_clusters: u64,
+    /// Guest clusters allocated (plain or compressed).
+    pub allocated_clusters: u64,
+    /// Guest clusters stored compressed.
+    pub compressed_clusters: u64,
+    /// Plain clusters not stored right after the previous plain cluster in guest order.
+    pub fragmented_clusters: u64,
+    /// L2 tables referenced by the L1 table.
+    pub l2_tables: u64,
+}
+
+impl Report {
+    /// No corruption and no leak.
+    pub fn is_clean(&self) -> bool {
+        self.corruptions.is_empty() && self.leaks.is_empty()
+    }
+    /// Number of corruptions.
+    pub fn corruption_count(&self) -> u64 {
+        self.corruptions.len() as u64
+    }
+}
+
+/// Checks the structure of the image on `io`; see the [module docs](self).
+///
+/// Fails only when the image cannot be examined at all: a device error, a header
+/// that does not decode or whose L1 table or backing name lie outside the file
+/// (see [`read_header`]), or tables too large to hold in memory.
+pub fn check<B: BlockIo>(io: &mut B) -> Result<Report, Error<B::Error>> {
+    Ok(scan(io, true)?.report)
+}
+
+/// What an extent is, in the order extents at the same offset sort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum ExtKind {
+    Header,
+    Name,
+    L1,
+    L2Table,
+    Data,
+    Compressed,
+}
+
+/// The extent excludes itself from overlap checks: past EOF, on metadata, or empty.
+pub(crate) const BAD: u8 = 1;
+/// An L2 table whose entries were walked.
+const WALKED: u8 = 2;
+
+/// One extent of the file, packed (24 bytes): metadata or a reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ext {
+    pub(crate) host: u64,
+    /// ≤ 64 KiB for references; the L1 table is at most 2 GiB.
+    pub(crate) len: u32,
+    /// L1 index (< 2^28).
+    pub(crate) l1: u32,
+    /// L2 index (< 2^13).
+    pub(crate) l2: u16,
+    pub(crate) kind: ExtKind,
+    pub(crate) flags: u8,
+}
+
+impl Ext {
+    pub(crate) fn end(&self) -> u64 {
+        self.host.saturating_add(u64::from(self.len))
+    }
+
+    /// The end of the space the extent takes: the L1 table counts with its padding to
+    /// 512 bytes (QEMU's create zero-fills it).
+    pub(crate) fn span_end(&self) -> u64 {
+        if self.kind == ExtKind::L1 {
+            self.host.saturating_add(align_up(u64::from(self.len), 512))
+        } else {
+            self.end()
+        }
+    }
+
+    /// The sort key of host order.
+    pub(crate) fn key(&self) -> (u64, ExtKind, u32, u16) {
+        (self.host, self.kind, self.l1, self.l2)
+    }
+
+    pub(crate) fn ref_kind(&self) -> Option<RefKind> {
+        match self.kind {
+            ExtKind::L2Table => Some(RefKind::L2Table),
+            ExtKind::Data => Some(RefKind::DataCluster),
+            ExtKind::Compressed => Some(RefKind::CompressedCluster),
+            _ => None,
+        }
+    }
+
+    /// The public description of a reference extent.
+    pub(crate) fn reference(&self, geo: &Geometry) -> Reference {
+        let base = u64::from(self.l1).saturating_mul(geo.l2_span());
+        let (l2_index, guest) = match self.kind {
+            ExtKind::Data | ExtKind::Compressed => (
+                Some(u64::from(self.l2)),
+                base.saturating_add(u64::from(self.l2).saturating_mul(geo.cluster_size())),
+            ),
+            _ => (None, base),
+        };
+        Reference {
+            kind: self.ref_kind().unwrap_or(RefKind::L2Table),
+            l1_index: u64::from(self.l1),
+            l2_index,
+            guest,
+            host: self.host,
+            len: u64::from(self.len),
+        }
+    }
+}
+
+/// Everything a check learns, for [`check`] and for the repairs of [`crate::maint`].
+pub(crate) struct Scan {
+    pub(crate) header: Header,
+    pub(crate) geo: Geometry,
+    pub(crate) l1: Vec<u64>,
+    /// Metadata and references, in host order ([`Ext::key`]).
+    pub(crate) exts: Vec<Ext>,
+    pub(crate) report: Report,
+}
+
+/// Appends to a vector, failing instead of aborting when memory runs out.
+pub(crate) fn push<T, E>(v: &mut Vec<T>, x: T) -> Result<(), Error<E>> {
+    v.try_reserve(1).map_err(|_| Error::OutOfMemory)?;
+    v.push(x);
+    Ok(())
+}
+
+/// A zeroed byte buffer, failing instead of aborting when memory runs out.
+pub(crate) fn zeroed<E>(len: usize) -> Result<Vec<u8>, Error<E>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory)?;
+    v.resize(len, 0);
+    Ok(v)
+}
+
+/// Reads the table of `n` big-endian entries at `at`.
+pub(crate) fn read_table<B: BlockIo>(
+    io: &mut B,
+    at: u64,
+    n: u64,
+) -> Result<Vec<u64>, Error<B::Error>> {
+    let count = usize::try_from(n).map_err(|_| Error::OutOfMemory)?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(count)
+        .map_err(|_| Error::OutOfMemory)?;
+    let mut buf = [0u8; 4096];
+    let mut pos = at;
+    while out.len() < count {
+        let k = count.saturating_sub(out.len()).min(512);
+        let bytes = buf.get_mut(..k.saturating_mul(8)).unwrap_or_default();
+        io.read_at(pos, bytes)?;
+        for c in bytes.chunks_exact(8) {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(c);
+            out.push(u64::from_be_bytes(v));
+        }
+        pos = pos.saturating_add(bytes.len() as u64);
+    }
+    Ok(out)
+}
+
+/// Rounds `v` up to a multiple of the power of two `align` (saturating).
+pub(crate) fn align_up(v: u64, align: u64) -> u64 {
+    let mask = align.saturating_sub(1);
+    v.saturating_add(mask) & !mask
+}
+
+/// The fixed extents and their checks.
+struct Meta {
+    file_len: u64,
+    cs: u64,
+    regions: [(Region, u64, u64); 3],
+}
+
+impl Meta {
+    /// Checks one reference; pushes its problems, returns whether it is BAD.
+    fn judge<E>(&self, r: &Reference, out: &mut Vec<Corruption>) -> Result<bool, Error<E>> {
+        let end = r.host.checked_add(r.len);
+        if end.is_none_or(|e| e > self.file_len) {
+            push(
+                out,
+                Corruption::PastEof {
+                    reference: *r,
+                    file_len: self.file_len,
+                },
+            )?;
+        }
+        if r.kind != RefKind::CompressedCluster && !r.host.is_multiple_of(self.cs) {
+            push(
+                out,
+                Corruption::Misaligned {
+                    reference: *r,
+                    align: self.cs,
+                },
+            )?;
+        }
+        let end = end.unwrap_or(u64::MAX);
+        let mut bad = end > self.file_len;
+        if let Some(&(region, ..)) = self
+            .regions
+            .iter()
+            .find(|(_, s, e)| r.host < *e && *s < end)
+        {
+            push(
+                out,
+                Corruption::OverlapsMetadata {
+                    reference: *r,
+                    region,
+                },
+            )?;
+            bad = true;
+        }
+        Ok(bad)
+    }
+}
+
+/// Walks the whole structure; `inflate_all` also inflates every compressed stream.
+pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Error<B::Error>> {
+    let header = read_header(io)?;
+    let file_len = io.len()?;
+    let geo = header.geometry();
+    let cs = geo.cluster_size();
+    let l1o = header.l1_table_offset;
+    let l1_bytes = geo.l1_bytes();
+    let name = header.backing_name_range().unwrap_or(0..0);
+    let meta = Meta {
+        file_len,
+        cs,
+        regions: [
+            (Region::Header, 0, HEADER_SIZE as u64),
+            (Region::BackingName, name.start, name.end),
+            (Region::L1Table, l1o, l1o.saturating_add(l1_bytes)),
+        ],
+    };
+    let mut corruptions = Vec::new();
+    if name.start < l1o.saturating_add(l1_bytes) && l1o < name.end {
+        push(
+            &mut corruptions,
+            Corruption::MetadataOverlap {
+                region: Region::BackingName,
+                other: Region::L1Table,
+            },
+        )?;
+    }
+    let l1 = read_table(io, l1o, geo.l1_size)?;
+    let mut exts: Vec<Ext> = Vec::new();
+    let mk = |host: u64, len: u64, kind: ExtKind| Ext {
+        host,
+        len: u32::try_from(len).unwrap_or(u32::MAX),
+        l1: 0,
+        l2: 0,
+        kind,
+        flags: 0,
+    };
+    push(&mut exts, mk(0, HEADER_SIZE as u64, ExtKind::Header))?;
+    if !name.is_empty() {
+        push(
+            &mut exts,
+            mk(
+                name.start,
+                name.end.saturating_sub(name.start),
+                ExtKind::Name,
+            ),
+        )?;
+    }
+    push(&mut exts, mk(l1o, l1_bytes, ExtKind::L1))?;
+
+    // L2 table references.
+    let mut tables: Vec<Ext> = Vec::new();
+    for (i, &e) in l1.iter().enumerate() {
+        if e == 0 {
+            continue;
+        }
+        let mut t = Ext {
+            host: e,
+            len: u32::try_from(geo.l2_bytes()).unwrap_or(u32::MAX),
+            l1: u32::try_from(i).unwrap_or(u32::MAX),
+            l2: 0,
+            kind: ExtKind::L2Table,
+            flags: 0,
+        };
+        if meta.judge(&t.reference(&geo), &mut corruptions)? {
+            t.flags |= BAD;
+        }
+        push(&mut tables, t)?;
+    }
+    // Walk only tables clear of every earlier (in host order) table.
+    tables.sort_unstable_by_key(|t| (t.host, t.l1));
+    let mut walked_end = 0u64;
+    for t in tables.iter_mut().filter(|t| t.flags & BAD == 0) {
+        if t.host >= walked_end {
+            t.flags |= WALKED;
+            walked_end = t.end();
+        }
+    }
+    tables.sort_unstable_by_key(|t| t.l1);
+
+    let mut report = Report {
+        header,
+        file_len,
+        corruptions: Vec::new(),
+        leaks: Vec::new(),
+        leaked_clusters: 0,
+        leaked_bytes: 0,
+        image_end_offset: 0,
+        total_clusters: geo.size.div_ceil(cs),
+        allocated_clusters: 0,
+        compressed_clusters: 0,
+        fragmented_clusters: 0,
+        l2_tables: tables.len() as u64,
+    };
+    let mut table = zeroed(usize::try_from(geo.l2_bytes()).unwrap_or(0))?;
+    let mut stream = zeroed(geo.cluster_len())?;
+    let mut cluster = zeroed(geo.cluster_len())?;
+    let mut next_contiguous = 0u64;
+    for t in &tables {
+        push(&mut exts, *t)?;
+        if t.flags & WALKED == 0 {
+            continue;
+        }
+        io.read_at(t.host, &mut table)?;
+        let entries = table.chunks_exact(8).map(|c| {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(c);
+            u64::from_be_bytes(v)
+        });
+        let used = entries.clone().filter(|&e| e != 0).count();
+        exts.try_reserve(used).map_err(|_| Error::OutOfMemory)?;
+        for (j, e) in entries.enumerate() {
+            let (kind, host, len) = match L2Entry(e).decode(&geo) {
+                Cluster::Unallocated => continue,
+                Cluster::Plain { host } => (ExtKind::Data, host, cs),
+                Cluster::Compressed { host, len } => (ExtKind::Compressed, host, len),
+            };
+            let mut x = Ext {
+                host,
+                len: u32::try_from(len).unwrap_or(u32::MAX),
+                l1: t.l1,
+                l2: u16::try_from(j).unwrap_or(u16::MAX),
+                kind,
+                flags: 0,
+            };
+            let r = x.reference(&geo);
+            report.allocated_clusters = report.allocated_clusters.saturating_add(1);
+            if r.guest >= geo.size {
+                push(
+                    &mut corruptions,
+                    Corruption::BeyondSize {
+                        reference: r,
+                        size: geo.size,
+                    },
+                )?;
+            }
+            let mut bad = meta.judge(&r, &mut corruptions)?;
+            if kind == ExtKind::Compressed {
+                report.compressed_clusters = report.compressed_clusters.saturating_add(1);
+                let error = if len == 0 {
+                    bad = true;
+                    Some(CompressedError::Empty)
+                } else if !bad && inflate_all {
+                    let n = usize::try_from(len).unwrap_or(usize::MAX);
+                    let input = stream
+                        .get_mut(..n)
+                        .ok_or(Error::BufferTooSmall { need: n, got: 0 })?;
+                    io.read_at(host, input)?;
+                    match inflate(input, &mut cluster) {
+                        Ok(()) => None,
+                        Err(InflateError::Invalid) => Some(CompressedError::Invalid),
+                        Err(InflateError::Short(n)) => Some(CompressedError::Short(n)),
+                    }
+                } else {
+                    None
+                };
+                if let Some(error) = error {
+                    push(
+                        &mut corruptions,
+                        Corruption::Compressed {
+                            reference: r,
+                            error,
+                        },
+                    )?;
+                }
+            } else {
+                if next_contiguous != 0 && host != next_contiguous {
+                    report.fragmented_clusters = report.fragmented_clusters.saturating_add(1);
+                }
+                next_contiguous = host.saturating_add(cs);
+            }
+            if bad {
+                x.flags |= BAD;
+            }
+            exts.push(x);
+        }
+    }
+    exts.sort_unstable_by_key(Ext::key);
+
+    // Overlaps between sound references, swept in host order: of two overlapping
+    // extents the later one is reported, except that an L2 table is reported rather
+    // than the data it overlaps (repairing moves the reported one).
+    let mut kept: Option<Ext> = None;
+    for x in exts
+        .iter()
+        .filter(|x| x.ref_kind().is_some() && x.flags & BAD == 0)
+    {
+        match kept {
+            Some(k) if x.host < k.end() => {
+                let (moved, stays) = if k.kind == ExtKind::L2Table && x.kind != ExtKind::L2Table {
+                    kept = Some(*x);
+                    (k, *x)
+                } else {
+                    (*x, k)
+                };
+                push(
+                    &mut corruptions,
+                    Corruption::Overlap {
+                        reference: moved.reference(&geo),
+                        other: stays.reference(&geo),
+                    },
+                )?
+            }
+            _ => kept = Some(*x),
+        }
+    }
+
+    // Leaks: clusters with no referenced byte in them.
+    let mut covered = 0u64;
+    let mut end_offset = 0u64;
+    for x in &exts {
+        if x.host >= file_len {
+            continue;
+        }
+        let end = x.span_end().min(file_len);
+        end_offset = end_offset.max(end);
+        if x.host > covered {
+            leak(&mut report, covered, x.host, cs, file_len)?;
+        }
+        covered = covered.max(end);
+    }
+    leak(&mut report, covered, file_len, cs, file_len)?;
+    report.image_end_offset = end_offset;
+    report.corruptions = corruptions;
+    Ok(Scan {
+        header,
+        geo,
+        l1,
+        exts,
+        report,
+    })
+}
+
+/// Records the whole clusters of the free range `[a, b)`.
+fn leak<E>(report: &mut Report, a: u64, b: u64, cs: u64, file_len: u64) -> Result<(), Error<E>> {
+    let first = align_up(a, cs);
+    let end = if b >= file_len {
+        file_len
+    } else {
+        b & !cs.saturating_sub(1)
+    };
+    if first >= end {
+        return Ok(());
+    }
+    let len = end.saturating_sub(first);
+    let clusters = len.div_ceil(cs);
+    report.leaked_bytes = report.leaked_bytes.saturating_add(len);
+    report.leaked_clusters = report.leaked_clusters.saturating_add(clusters);
+    push(
+        &mut report.leaks,
+        Leak {
+            offset: first,
+            len,
+            clusters,
+        },
+    )
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+mod tests;

@@ -38,6 +38,8 @@ pub mod header;
 pub mod image;
 pub mod io;
 #[cfg(feature = "alloc")]
+pub mod maint;
+#[cfg(feature = "alloc")]
 pub mod write;
 
 pub use entry::Cluster;

@@ -1,0 +1,945 @@
+//! Image maintenance QEMU cannot do for qcow (needs `alloc`): [`repair`] after a
+//! [`check`](crate::check::check), [`resize`], [`set_backing_file`] (`rebase -u`)
+//! and [`rebase`].
+//!
+//! # Crash safety
+//! Every change follows one rule: new bytes go only where nothing live points (free
+//! space, or past the end of the file), are flushed, and only then does one pointer
+//! switch to them (an 8-byte L1 or L2 entry, or the 48-byte header), flushed again.
+//! Live bytes are never overwritten in place. An interruption at any write leaves an
+//! image that opens and reads either the old or the new guest content; at worst some
+//! space leaks, which [`repair`] reclaims.
+//!
+//! # Reclaiming space
+//! Repairs, resizes and backing file changes end by reclaiming leaked clusters: the
+//! extents at the end of the file (data clusters, L2 tables, compressed streams, the
+//! L1 table, the backing name) are moved into the holes, then the file is truncated.
+//! When that cannot fill every hole (the last extent is larger than any hole), the
+//! extents after the first hole are packed down in order; an extent that would
+//! overlap its own old place goes through a temporary copy past the end of the file.
+//! The result checks without leaks.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use crate::check::{
+    align_up, push, scan, zeroed, Corruption, Ext, ExtKind, Reference, Report, Scan,
+};
+use crate::entry::L2Entry;
+use crate::error::Error;
+use crate::header::{Geometry, Header, HEADER_SIZE, MAX_BACKING_NAME};
+use crate::image::{read_header, Backing, Image};
+use crate::io::BlockIo;
+
+/// What [`repair`] fixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepairMode {
+    /// Reclaim leaked clusters. On an image with corruptions, only a leaked tail is
+    /// truncated (moving data around references that may be wrong is not safe).
+    Leaks,
+    /// Fix every corruption that can be fixed without losing healthy data, then
+    /// reclaim leaked clusters.
+    All,
+}
+
+/// Something that moved during a repair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Item {
+    /// The L1 table (the header was switched).
+    L1Table,
+    /// The backing file name (the header was switched).
+    BackingName,
+    /// An L2 table, data cluster or compressed stream (its L1 or L2 entry was switched).
+    Reference(Reference),
+}
+
+/// One change made by [`repair`], [`resize`] or [`set_backing_file`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The reference was zeroed: its guest range now reads as unallocated (from the
+    /// backing file, or zeros). Done for references past the end of the file, on
+    /// metadata, past the virtual size, and compressed clusters that do not inflate.
+    Dropped {
+        /// The problem.
+        corruption: Corruption,
+    },
+    /// The reference now points at a copy of its bytes at `to`: a misaligned extent,
+    /// or the later of two overlapping ones. Its guest content is unchanged.
+    Copied {
+        /// The problem.
+        corruption: Corruption,
+        /// Where the copy is.
+        to: u64,
+    },
+    /// An extent moved to fill leaked space.
+    Moved {
+        /// What moved.
+        item: Item,
+        /// Its old host offset.
+        from: u64,
+        /// Its new host offset.
+        to: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// The file was truncated.
+    Truncated {
+        /// The old length.
+        from: u64,
+        /// The new length.
+        to: u64,
+    },
+}
+
+/// What [`repair`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairReport {
+    /// The check before repairing.
+    pub before: Report,
+    /// The changes, in order.
+    pub actions: Vec<Action>,
+    /// The check after repairing.
+    pub after: Report,
+}
+
+impl RepairReport {
+    /// Leaked clusters reclaimed.
+    pub fn leaks_fixed(&self) -> u64 {
+        self.before
+            .leaked_clusters
+            .saturating_sub(self.after.leaked_clusters)
+    }
+    /// Corruptions fixed.
+    pub fn corruptions_fixed(&self) -> u64 {
+        self.before
+            .corruption_count()
+            .saturating_sub(self.after.corruption_count())
+    }
+}
+
+/// Bytes copied per read/write.
+const CHUNK: usize = 64 * 1024;
+
+/// The device with the header and L1 table as they are on it, and the primitive
+/// ordered steps.
+struct Dev<'a, B: BlockIo> {
+    io: &'a mut B,
+    header: Header,
+    geo: Geometry,
+    l1: Vec<u64>,
+    file_len: u64,
+    buf: Vec<u8>,
+    actions: Vec<Action>,
+}
+
+impl<'a, B: BlockIo> Dev<'a, B> {
+    /// The device as a scan saw it.
+    fn new(io: &'a mut B, s: &Scan) -> Result<Self, Error<B::Error>> {
+        let mut l1 = Vec::new();
+        l1.try_reserve_exact(s.l1.len())
+            .map_err(|_| Error::OutOfMemory)?;
+        l1.extend_from_slice(&s.l1);
+        Ok(Dev {
+            header: s.header,
+            geo: s.geo,
+            l1,
+            file_len: s.report.file_len,
+            buf: zeroed(CHUNK)?,
+            actions: Vec::new(),
+            io,
+        })
+    }
+
+    fn flush(&mut self) -> Result<(), Error<B::Error>> {
+        self.io.flush()?;
+        Ok(())
+    }
+
+    fn write(&mut self, at: u64, data: &[u8]) -> Result<(), Error<B::Error>> {
+        let end = at
+            .checked_add(data.len() as u64)
+            .ok_or(Error::FileTooLarge(at))?;
+        self.io.write_at(at, data)?;
+        self.file_len = self.file_len.max(end);
+        Ok(())
+    }
+
+    fn write_zeros(&mut self, at: u64, len: u64) -> Result<(), Error<B::Error>> {
+        self.buf.fill(0);
+        let mut done = 0u64;
+        while done < len {
+            let n = usize::try_from(len.saturating_sub(done))
+                .unwrap_or(CHUNK)
+                .min(CHUNK);
+            let pos = at.saturating_add(done);
+            let end = pos.checked_add(n as u64).ok_or(Error::FileTooLarge(pos))?;
+            self.io
+                .write_at(pos, self.buf.get(..n).unwrap_or_default())?;
+            self.file_len = self.file_len.max(end);
+            done = done.saturating_add(n as u64);
+        }
+        Ok(())
+    }
+
+    /// Copies `len` bytes from `from` to `to` (the ranges must not overlap).
+    fn copy(&mut self, from: u64, to: u64, len: u64) -> Result<(), Error<B::Error>> {
+        let mut done = 0u64;
+        while done < len {
+            let n = usize::try_from(len.saturating_sub(done))
+                .unwrap_or(CHUNK)
+                .min(CHUNK);
+            let src = from.saturating_add(done);
+            let dst = to.saturating_add(done);
+            let end = dst.checked_add(n as u64).ok_or(Error::FileTooLarge(dst))?;
+            let b = self.buf.get_mut(..n).unwrap_or_default();
+            self.io.read_at(src, b)?;
+            self.io.write_at(dst, b)?;
+            self.file_len = self.file_len.max(end);
+            done = done.saturating_add(n as u64);
+        }
+        Ok(())
+    }
+
+    /// Writes the header and flushes: the switch of an L1 table or name move.
+    fn write_header(&mut self) -> Result<(), Error<B::Error>> {
+        let h = self.header.encode();
+        self.write(0, &h)?;
+        self.flush()
+    }
+
+    /// Where the pointer to a reference extent is stored.
+    fn pointer(&self, x: &Ext) -> Option<u64> {
+        let l1o = self.header.l1_table_offset;
+        match x.kind {
+            ExtKind::L2Table => Some(l1o.saturating_add(u64::from(x.l1).saturating_mul(8))),
+            ExtKind::Data | ExtKind::Compressed => {
+                let table = *self.l1.get(usize::try_from(x.l1).ok()?)?;
+                (table != 0).then(|| table.saturating_add(u64::from(x.l2).saturating_mul(8)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Points the pointer of `x` at `host` (0 drops a reference), then flushes.
+    fn point(&mut self, x: &Ext, host: u64) -> Result<(), Error<B::Error>> {
+        match x.kind {
+            ExtKind::Header => return Err(Error::Unsupported("moving the header")),
+            ExtKind::L1 => {
+                self.header.l1_table_offset = host;
+                return self.write_header();
+            }
+            ExtKind::Name => {
+                self.header.backing_file_offset = host;
+                return self.write_header();
+            }
+            _ => {}
+        }
+        let at = self
+            .pointer(x)
+            .ok_or(Error::Unsupported("reference in an unallocated table"))?;
+        let value = match x.kind {
+            ExtKind::Compressed if host != 0 => {
+                L2Entry::compressed(&self.geo, host, u64::from(x.len))
+                    .ok_or(Error::FileTooLarge(self.geo.compressed_offset_limit()))?
+                    .0
+            }
+            _ => host,
+        };
+        self.write(at, &value.to_be_bytes())?;
+        if x.kind == ExtKind::L2Table {
+            if let Some(e) = self.l1.get_mut(usize::try_from(x.l1).unwrap_or(usize::MAX)) {
+                *e = host;
+            }
+        }
+        self.flush()
+    }
+
+    /// Copies `x` to `to`, flushes, then switches its pointer: the crash-safe move.
+    fn relocate(&mut self, x: &Ext, to: u64) -> Result<(), Error<B::Error>> {
+        self.copy(x.host, to, u64::from(x.len))?;
+        self.flush()?;
+        self.point(x, to)
+    }
+
+    /// Where an extent of `align` goes at the end of the file.
+    fn append_pos(&self, align: u64) -> u64 {
+        align_up(self.file_len, align)
+    }
+}
+
+/// The alignment an extent gets when placed.
+fn align_of(x: &Ext, cs: u64) -> u64 {
+    match x.kind {
+        ExtKind::L2Table | ExtKind::Data => cs,
+        ExtKind::L1 => 8,
+        _ => 1,
+    }
+}
+
+/// What moved, for the action list.
+fn item_of(x: &Ext, geo: &Geometry) -> Item {
+    match x.kind {
+        ExtKind::L1 => Item::L1Table,
+        ExtKind::Name => Item::BackingName,
+        _ => Item::Reference(x.reference(geo)),
+    }
+}
+
+/// The extent a reference names.
+fn ext_of(r: &Reference) -> Option<Ext> {
+    Some(Ext {
+        host: r.host,
+        len: u32::try_from(r.len).ok()?,
+        l1: u32::try_from(r.l1_index).ok()?,
+        l2: u16::try_from(r.l2_index.unwrap_or(0)).ok()?,
+        kind: match r.kind {
+            crate::RefKind::L2Table => ExtKind::L2Table,
+            crate::RefKind::DataCluster => ExtKind::Data,
+            crate::RefKind::CompressedCluster => ExtKind::Compressed,
+        },
+        flags: 0,
+    })
+}
+
+/// Fails with [`Error::Corrupt`] unless the only corruptions are entries past the
+/// virtual size (which resizing and reclaiming handle).
+fn require_sound<E>(r: &Report) -> Result<(), Error<E>> {
+    let n = r
+        .corruptions
+        .iter()
+        .filter(|c| !matches!(c, Corruption::BeyondSize { .. }))
+        .count();
+    if n > 0 {
+        return Err(Error::Corrupt(n as u64));
+    }
+    Ok(())
+}
+
+/// Checks the image on `io`, then repairs it; see [`RepairMode`] and the
+/// [module docs](self). Guest content of healthy clusters is unchanged; a dropped
+/// reference reads as unallocated afterwards. What cannot be repaired (a backing name
+/// overlapping the L1 table) stays in [`RepairReport::after`].
+pub fn repair<B: BlockIo>(io: &mut B, mode: RepairMode) -> Result<RepairReport, Error<B::Error>> {
+    let mut s = scan(io, true)?;
+    let before = s.report.clone();
+    let mut actions = Vec::new();
+    if mode == RepairMode::All {
+        // Each round fixes what the last check found; copying a shared L2 table makes
+        // its entries visible to the next round, so a few rounds may be needed.
+        for _ in 0..16 {
+            if !fix_corruptions(io, &s, &mut actions)? {
+                break;
+            }
+            s = scan(io, true)?;
+        }
+    }
+    if s.report.corruptions.is_empty() {
+        let mut dev = Dev::new(io, &s)?;
+        compact(&mut dev, &s.exts)?;
+        actions.append(&mut dev.actions);
+    } else {
+        // Moving data around references that may be wrong is not safe: only a leaked
+        // tail is dropped.
+        let end = s.report.image_end_offset;
+        if s.report.file_len > end {
+            io.set_len(end)?;
+            io.flush()?;
+            push(
+                &mut actions,
+                Action::Truncated {
+                    from: s.report.file_len,
+                    to: end,
+                },
+            )?;
+        }
+    }
+    let after = scan(io, true)?.report;
+    Ok(RepairReport {
+        before,
+        actions,
+        after,
+    })
+}
+
+/// What to do about one reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fix {
+    Drop,
+    Copy,
+}
+
+/// A planned repair of one reference.
+type Step = (Ext, Fix, Corruption);
+
+/// One round of corruption repairs from a scan; returns whether anything changed.
+fn fix_corruptions<B: BlockIo>(
+    io: &mut B,
+    s: &Scan,
+    actions: &mut Vec<Action>,
+) -> Result<bool, Error<B::Error>> {
+    // One decision per reference; dropping wins over copying.
+    let mut plan: BTreeMap<(bool, u32, u16, ExtKind), Step> = BTreeMap::new();
+    for c in &s.report.corruptions {
+        let Some(x) = c.reference().and_then(ext_of) else {
+            continue;
+        };
+        let fix = match c {
+            Corruption::Misaligned { .. } | Corruption::Overlap { .. } => Fix::Copy,
+            _ => Fix::Drop,
+        };
+        let key = (x.kind != ExtKind::L2Table, x.l1, x.l2, x.kind);
+        match plan.get_mut(&key) {
+            Some(p) if fix < p.1 => *p = (x, fix, *c),
+            Some(_) => {}
+            None => {
+                plan.insert(key, (x, fix, *c));
+            }
+        }
+    }
+    if plan.is_empty() {
+        return Ok(false);
+    }
+    let mut dev = Dev::new(io, s)?;
+    let cs = dev.geo.cluster_size();
+    // Tables before entries: a misaligned or overlapping table is copied before any
+    // entry is zeroed in it, so no write lands on bytes another reference shares.
+    // Drops before copies: what is past the end of the file is no longer referenced
+    // when copies are appended there.
+    let mut steps: Vec<Step> = Vec::new();
+    steps
+        .try_reserve(plan.len())
+        .map_err(|_| Error::OutOfMemory)?;
+    steps.extend(plan.into_values());
+    steps.sort_by_key(|(x, f, _)| (x.kind != ExtKind::L2Table, *f, x.l1, x.l2));
+    // Table drops come first, in L1 order.
+    let mut dropped_tables: Vec<u32> = Vec::new();
+    for (x, fix, c) in steps {
+        if x.kind != ExtKind::L2Table && dropped_tables.binary_search(&x.l1).is_ok() {
+            continue;
+        }
+        match fix {
+            Fix::Drop => {
+                dev.point(&x, 0)?;
+                if x.kind == ExtKind::L2Table {
+                    push(&mut dropped_tables, x.l1)?;
+                }
+                push(actions, Action::Dropped { corruption: c })?;
+            }
+            Fix::Copy => {
+                let to = dev.append_pos(align_of(&x, cs));
+                dev.relocate(&x, to)?;
+                push(actions, Action::Copied { corruption: c, to })?;
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// The live extents by host offset, and the holes between them that hold at least
+/// one whole free cluster.
+struct Packing {
+    map: BTreeMap<u64, Ext>,
+    holes: BTreeMap<u64, u64>,
+    cs: u64,
+}
+
+impl Packing {
+    fn new(exts: &[Ext], cs: u64) -> Self {
+        let mut p = Packing {
+            map: BTreeMap::new(),
+            holes: BTreeMap::new(),
+            cs,
+        };
+        let mut prev: Option<u64> = None;
+        for &x in exts {
+            if let Some(a) = prev {
+                if p.whole(a, x.host) {
+                    p.holes.insert(a, x.host);
+                }
+            }
+            prev = Some(prev.unwrap_or(0).max(x.span_end()));
+            p.map.insert(x.host, x);
+        }
+        p
+    }
+
+    /// Whether `[a, b)` holds a whole cluster.
+    fn whole(&self, a: u64, b: u64) -> bool {
+        a < b && align_up(a, self.cs).saturating_add(self.cs) <= b
+    }
+
+    fn pred(&self, at: u64) -> Option<Ext> {
+        self.map.range(..at).next_back().map(|(_, x)| *x)
+    }
+
+    fn last(&self) -> Option<Ext> {
+        self.map.last_key_value().map(|(_, x)| *x)
+    }
+
+    fn remove(&mut self, host: u64) {
+        let Some(x) = self.map.remove(&host) else {
+            return;
+        };
+        let a = self.pred(host).map_or(0, |p| p.span_end());
+        self.holes.remove(&a);
+        self.holes.remove(&x.span_end());
+        if let Some((&b, _)) = self.map.range(host..).next() {
+            if self.whole(a, b) {
+                self.holes.insert(a, b);
+            }
+        }
+    }
+
+    fn insert(&mut self, x: Ext) {
+        let a = self.pred(x.host).map_or(0, |p| p.span_end());
+        self.holes.remove(&a);
+        if self.whole(a, x.host) {
+            self.holes.insert(a, x.host);
+        }
+        if let Some((&b, _)) = self.map.range(x.host..).next() {
+            if self.whole(x.span_end(), b) {
+                self.holes.insert(x.span_end(), b);
+            }
+        }
+        self.map.insert(x.host, x);
+    }
+
+    /// The lowest place in a hole below `x` where `x` fits.
+    fn first_fit(&self, x: &Ext) -> Option<u64> {
+        let align = align_of(x, self.cs);
+        let len = x.span_end().saturating_sub(x.host);
+        self.holes.range(..x.host).find_map(|(&s, &e)| {
+            let slot = align_up(s, align);
+            (slot.saturating_add(len) <= e).then_some(slot)
+        })
+    }
+}
+
+/// Moves `x` to the free place `to` and records it.
+fn mv<B: BlockIo>(
+    dev: &mut Dev<'_, B>,
+    p: &mut Packing,
+    x: Ext,
+    to: u64,
+) -> Result<Ext, Error<B::Error>> {
+    dev.relocate(&x, to)?;
+    p.remove(x.host);
+    let y = Ext { host: to, ..x };
+    p.insert(y);
+    let item = item_of(&x, &dev.geo);
+    push(
+        &mut dev.actions,
+        Action::Moved {
+            item,
+            from: x.host,
+            to,
+            len: u64::from(x.len),
+        },
+    )?;
+    Ok(y)
+}
+
+/// Moves `x` down to `to`, through a copy past the last extent when the two places
+/// overlap.
+fn mv_down<B: BlockIo>(
+    dev: &mut Dev<'_, B>,
+    p: &mut Packing,
+    x: Ext,
+    to: u64,
+) -> Result<(), Error<B::Error>> {
+    let x = if to.saturating_add(u64::from(x.len)) > x.host {
+        let end = p.last().map_or(0, |l| l.span_end());
+        mv(dev, p, x, align_up(end, align_of(&x, p.cs)))?
+    } else {
+        x
+    };
+    mv(dev, p, x, to)?;
+    Ok(())
+}
+
+/// Reclaims leaked clusters (see the module docs). `exts` are all live extents in
+/// host order, none overlapping another.
+fn compact<B: BlockIo>(dev: &mut Dev<'_, B>, exts: &[Ext]) -> Result<(), Error<B::Error>> {
+    let cs = dev.geo.cluster_size();
+    let mut p = Packing::new(exts, cs);
+    // Fill the holes with the extents at the end of the file.
+    while let Some(e) = p.last() {
+        if e.kind == ExtKind::Header || p.holes.is_empty() {
+            break;
+        }
+        if let Some(slot) = p.first_fit(&e) {
+            mv(dev, &mut p, e, slot)?;
+            continue;
+        }
+        // `e` fits no hole: move the extents below it into the holes, then move `e`
+        // down over the space they left.
+        let mut progressed = false;
+        while let Some(q) = p.pred(e.host) {
+            let Some(slot) = (q.kind != ExtKind::Header)
+                .then(|| p.first_fit(&q))
+                .flatten()
+            else {
+                break;
+            };
+            mv(dev, &mut p, q, slot)?;
+            progressed = true;
+        }
+        let below = p.pred(e.host).map_or(0, |q| q.span_end());
+        let slot = align_up(below, align_of(&e, cs));
+        if slot < e.host && (progressed || p.whole(below, e.host)) {
+            mv_down(dev, &mut p, e, slot)?;
+            continue;
+        }
+        break;
+    }
+    // Whatever holes are left: pack every extent after the first one down in order.
+    if let Some((&first, _)) = p.holes.first_key_value() {
+        let mut cursor = first;
+        while let Some((_, &x)) = p.map.range(cursor..).next() {
+            let slot = align_up(cursor, align_of(&x, cs));
+            if p.whole(cursor, x.host) && slot < x.host {
+                mv_down(dev, &mut p, x, slot)?;
+                cursor = slot.saturating_add(x.span_end().saturating_sub(x.host));
+            } else {
+                cursor = x.span_end();
+            }
+        }
+    }
+    // Drop the tail (keeping the L1 table's padding to 512 bytes when it is last).
+    if let Some(last) = p.last() {
+        let end = last.span_end();
+        let len = dev.io.len()?;
+        if len > end {
+            dev.io.set_len(end)?;
+            dev.flush()?;
+            dev.file_len = end;
+            push(&mut dev.actions, Action::Truncated { from: len, to: end })?;
+        }
+    }
+    Ok(())
+}
+
+/// Reclaims leaked clusters when the image has no corruption (see the module docs).
+fn reclaim<B: BlockIo>(io: &mut B) -> Result<Vec<Action>, Error<B::Error>> {
+    let s = scan(io, false)?;
+    if s.report
+        .corruptions
+        .iter()
+        .any(|c| !matches!(c, Corruption::BeyondSize { .. }))
+    {
+        return Ok(Vec::new());
+    }
+    let mut dev = Dev::new(io, &s)?;
+    compact(&mut dev, &s.exts)?;
+    Ok(dev.actions)
+}
+
+/// What [`resize`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resized {
+    /// The virtual size before, as stored in the header.
+    pub old_size: u64,
+    /// The virtual size now (the request rounded up to 512 bytes).
+    pub new_size: u64,
+    /// Where the L1 table is now.
+    pub l1_table_offset: u64,
+    /// Whether the L1 table was copied to the end of the file to grow.
+    pub l1_moved: bool,
+    /// L1 and L2 entries dropped: past the new size when shrinking, stale entries past
+    /// the old size when growing.
+    pub dropped: u64,
+    /// The space reclaimed afterwards.
+    pub actions: Vec<Action>,
+}
+
+/// Changes the virtual size of the image on `io` to `new_size` rounded up to 512
+/// bytes, as QEMU rounds sizes.
+///
+/// Growing: the L1 table grows in place when the space after it is free (or it ends
+/// the file): the new entries are zeroed first, then the header written. Otherwise
+/// the L1 table is copied, zero-extended and padded to 512 bytes, to the end of the
+/// file; the header (size and L1 offset) is written last, so an interruption leaves
+/// the old image; the old table's space is then reclaimed. The new guest range reads
+/// as unallocated: zeros, or the backing file's content where the backing file is
+/// larger.
+///
+/// Shrinking is refused ([`Error::ShrinkRefused`]) unless `shrink`. The header goes
+/// first (an interruption after it leaves the new, smaller image), then the entries
+/// past the new end are zeroed (the last L2 table keeps those below it) and the space
+/// they used is reclaimed. The part of the last cluster past an unaligned new size is
+/// zeroed when the cluster is plain and unencrypted; otherwise it keeps its bytes.
+///
+/// Refuses an image with corruptions ([`Error::Corrupt`]): repair it first.
+pub fn resize<B: BlockIo>(
+    io: &mut B,
+    new_size: u64,
+    shrink: bool,
+) -> Result<Resized, Error<B::Error>> {
+    let s = scan(io, false)?;
+    require_sound(&s.report)?;
+    let size = new_size
+        .checked_add(511)
+        .ok_or(Error::ImageTooLarge(new_size))?
+        & !511;
+    let old = s.header;
+    let mut new_header = old;
+    new_header.size = size;
+    new_header.validate()?;
+    let old_geo = s.geo;
+    let new_geo = new_header.geometry();
+    if size < old_geo.size && !shrink {
+        return Err(Error::ShrinkRefused {
+            size: old_geo.size,
+            new_size: size,
+        });
+    }
+    let mut out = Resized {
+        old_size: old.size,
+        new_size: size,
+        l1_table_offset: old.l1_table_offset,
+        l1_moved: false,
+        dropped: 0,
+        actions: Vec::new(),
+    };
+    if size == old.size {
+        return Ok(out);
+    }
+    let cs = old_geo.cluster_size();
+    let shrinking = size < old_geo.size;
+    let limit = size.min(old_geo.size);
+    let mut dev = Dev::new(io, &s)?;
+    let exts = &s.exts;
+    if shrinking {
+        dev.header.size = size;
+        dev.write_header()?;
+    }
+    // Entries at or past `limit`: past the new end, or stale past the old one.
+    for x in exts {
+        let stale = match x.kind {
+            ExtKind::L2Table => shrinking && u64::from(x.l1) >= new_geo.l1_size,
+            ExtKind::Data | ExtKind::Compressed => {
+                u64::from(x.l1) < new_geo.l1_size && x.reference(&old_geo).guest >= limit
+            }
+            _ => false,
+        };
+        if stale {
+            let at = dev
+                .pointer(x)
+                .ok_or(Error::Unsupported("reference in an unallocated table"))?;
+            dev.write(at, &0u64.to_be_bytes())?;
+            out.dropped = out.dropped.saturating_add(1);
+        }
+    }
+    // The part of the last cluster past `limit` reads as zeros once the image grows.
+    let tail = limit & cs.saturating_sub(1);
+    if tail != 0 && !old.is_encrypted() {
+        let first = limit.saturating_sub(tail);
+        let data = exts
+            .iter()
+            .find(|x| x.kind == ExtKind::Data && x.reference(&old_geo).guest == first);
+        if let Some(x) = data {
+            dev.write_zeros(x.host.saturating_add(tail), cs.saturating_sub(tail))?;
+        }
+    }
+    dev.flush()?;
+    if !shrinking {
+        if new_geo.l1_size > old_geo.l1_size {
+            let l1o = old.l1_table_offset;
+            let grown =
+                l1o.saturating_add(old_geo.l1_bytes())..l1o.saturating_add(new_geo.l1_bytes());
+            let padded_end = l1o.saturating_add(align_up(new_geo.l1_bytes(), 512));
+            let taken = |end: u64| {
+                exts.iter()
+                    .any(|x| x.kind != ExtKind::L1 && x.host < end && grown.start < x.end())
+            };
+            if !taken(grown.end) {
+                let end = if taken(padded_end) {
+                    grown.end
+                } else {
+                    padded_end
+                };
+                dev.write_zeros(grown.start, end.saturating_sub(grown.start))?;
+                dev.flush()?;
+            } else {
+                let to = dev.append_pos(512);
+                let mut at = to;
+                let mut chunk: Vec<u8> = Vec::new();
+                chunk
+                    .try_reserve_exact(CHUNK)
+                    .map_err(|_| Error::OutOfMemory)?;
+                for entries in dev.l1.chunks(CHUNK / 8) {
+                    chunk.clear();
+                    for e in entries {
+                        chunk.extend_from_slice(&e.to_be_bytes());
+                    }
+                    dev.io.write_at(at, &chunk)?;
+                    at = at.saturating_add(chunk.len() as u64);
+                }
+                dev.file_len = dev.file_len.max(at);
+                let end = to.saturating_add(align_up(new_geo.l1_bytes(), 512));
+                dev.write_zeros(at, end.saturating_sub(at))?;
+                dev.flush()?;
+                dev.header.l1_table_offset = to;
+                out.l1_table_offset = to;
+                out.l1_moved = true;
+            }
+        }
+        dev.header.size = size;
+        dev.write_header()?;
+    }
+    drop(dev);
+    if shrinking || out.l1_moved || out.dropped > 0 {
+        out.actions = reclaim(io)?;
+    }
+    Ok(out)
+}
+
+/// What [`set_backing_file`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackingChanged {
+    /// Where the name is now (0 without a backing file).
+    pub offset: u64,
+    /// Its length.
+    pub len: u32,
+    /// The space reclaimed afterwards.
+    pub actions: Vec<Action>,
+}
+
+/// Rewrites the backing file name (`qemu-img rebase -u`); an empty name removes the
+/// backing file. The content is not looked at: see [`rebase`] for the safe kind.
+///
+/// The new name is written where nothing live is (the first free gap, or the end of
+/// the file) and flushed, then the header switches to it. When the name can then sit
+/// right after the header, where QEMU puts it, it moves there the same way. Space left
+/// free is reclaimed.
+///
+/// Refuses an image with corruptions ([`Error::Corrupt`]).
+pub fn set_backing_file<B: BlockIo>(
+    io: &mut B,
+    name: &[u8],
+) -> Result<BackingChanged, Error<B::Error>> {
+    if name.len() > MAX_BACKING_NAME {
+        return Err(Error::BackingNameTooLong(
+            u32::try_from(name.len()).unwrap_or(u32::MAX),
+        ));
+    }
+    let s = scan(io, false)?;
+    require_sound(&s.report)?;
+    let mut dev = Dev::new(io, &s)?;
+    let exts = &s.exts;
+    let len = name.len() as u64;
+    let start = HEADER_SIZE as u64;
+    if name.is_empty() {
+        dev.header.backing_file_offset = 0;
+        dev.header.backing_file_size = 0;
+        dev.write_header()?;
+    } else {
+        let mut at = start;
+        for x in exts.iter().filter(|x| x.kind != ExtKind::Header) {
+            if x.host >= at.saturating_add(len) {
+                break;
+            }
+            at = at.max(x.span_end());
+        }
+        dev.write(at, name)?;
+        dev.flush()?;
+        dev.header.backing_file_offset = at;
+        dev.header.backing_file_size = u32::try_from(len).unwrap_or(0);
+        dev.write_header()?;
+        let home = start..start.saturating_add(len);
+        let free = !exts
+            .iter()
+            .filter(|x| !matches!(x.kind, ExtKind::Header | ExtKind::Name))
+            .any(|x| x.host < home.end && home.start < x.span_end());
+        if at != start && free && home.end <= at {
+            dev.write(start, name)?;
+            dev.flush()?;
+            dev.header.backing_file_offset = start;
+            dev.write_header()?;
+        }
+    }
+    let offset = dev.header.backing_file_offset;
+    drop(dev);
+    let actions = reclaim(io)?;
+    Ok(BackingChanged {
+        offset,
+        len: u32::try_from(len).unwrap_or(0),
+        actions,
+    })
+}
+
+/// What [`rebase`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebased {
+    /// Clusters whose old backing content was copied into the image.
+    pub copied_clusters: u64,
+    /// The name change.
+    pub backing: BackingChanged,
+}
+
+/// Rebases `image` (opened on its current backing chain) onto `new_backing`, named
+/// `new_name` (empty: no backing file), keeping its guest content: every cluster the
+/// image does not allocate and whose old backing content differs from the new
+/// backing's is first written into the image (through [`Image::write_at`], so an
+/// encrypted image needs its password); the name switches last. An interruption
+/// leaves the old backing file named and the guest content unchanged.
+///
+/// The image's own view (header, caches) is refreshed; its backing layer is still the
+/// old one: reopen the image to read through the new one.
+pub fn rebase<B, K, S, N>(
+    image: &mut Image<B, K, S>,
+    new_backing: &mut N,
+    new_name: &[u8],
+) -> Result<Rebased, Error<B::Error>>
+where
+    B: BlockIo,
+    K: Backing<IoError = B::Error>,
+    S: AsMut<[u8]>,
+    N: Backing<IoError = B::Error>,
+{
+    if new_name.len() > MAX_BACKING_NAME {
+        return Err(Error::BackingNameTooLong(
+            u32::try_from(new_name.len()).unwrap_or(u32::MAX),
+        ));
+    }
+    require_sound(&scan(&mut image.io, false)?.report)?;
+    let size = image.geo.size;
+    let cs = image.geo.cluster_size();
+    let mut old = zeroed(image.geo.cluster_len())?;
+    let mut new = zeroed(image.geo.cluster_len())?;
+    let mut copied = 0u64;
+    let mut guest = 0u64;
+    while guest < size {
+        let (c, run) = image.extent(guest, size.saturating_sub(guest))?;
+        let run_end = guest.saturating_add(run.max(1));
+        if c == crate::Cluster::Unallocated {
+            let mut g = guest;
+            while g < run_end {
+                let n = usize::try_from(cs.min(run_end.saturating_sub(g))).unwrap_or(0);
+                let (o, w) = (
+                    old.get_mut(..n).unwrap_or_default(),
+                    new.get_mut(..n).unwrap_or_default(),
+                );
+                image.backing.read_at(g, o)?;
+                new_backing.read_at(g, w)?;
+                if o != w {
+                    image.write_at(g, o)?;
+                    copied = copied.saturating_add(1);
+                }
+                g = g.saturating_add(n as u64);
+            }
+        }
+        guest = run_end;
+    }
+    image.flush()?;
+    let backing = set_backing_file(&mut image.io, new_name)?;
+    image.header = read_header(&mut image.io)?;
+    image.geo = image.header.geometry();
+    image.file_len = image.io.len()?;
+    image.cache.clear();
+    image.inflated = None;
+    Ok(Rebased {
+        copied_clusters: copied,
+        backing,
+    })
+}
