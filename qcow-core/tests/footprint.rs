@@ -20,9 +20,11 @@ fn image_struct_size() {
     let cache = size_of::<TableCache>();
     println!("size_of::<Image<SliceIo, NoBacking, &mut [u8]>>() = {image} bytes");
     println!("size_of::<TableCache>() = {cache} bytes");
-    // README: "about 8.6 KiB, of which the table cache is 8.3 KiB".
+    // README.md states 9.1 KiB, of which the table cache is 8.3 KiB: a firmware
+    // budgets with these, so growing them is a change to make on purpose (and to
+    // write down there, with `cargo xtask firmware-footprint`).
     assert!(cache <= 8 * 1024 + 512, "TableCache grew to {cache} bytes");
-    assert!(image <= 8 * 1024 + 768, "Image grew to {image} bytes");
+    assert!(image <= 9 * 1024 + 256, "Image grew to {image} bytes");
 }
 
 #[test]

@@ -137,6 +137,12 @@ pub fn nostd(args: &[String]) -> Result<(), String> {
     }
     let bin = build_firmware()?;
     check_firmware_binary(&bin)?;
+    // The dev profile links differently (no LTO: core's unwind tables stay in).
+    build_clean(
+        firmware_command()
+            .args(["build", "--quiet", "--target-dir"])
+            .arg(firmware_dir().join("target")),
+    )?;
     // Clippy holds the firmware's unsafe blocks to their SAFETY comments.
     build_clean(
         firmware_command()
@@ -652,6 +658,75 @@ pub fn firmware_test(args: &[String]) -> Result<(), String> {
         eprintln!("{line}");
     }
     println!("firmware-test: {} passed, 0 failed", report.len());
+    Ok(())
+}
+
+// ---- firmware-footprint ------------------------------------------------------------
+
+/// `cargo xtask firmware-footprint`: the figures qcow-core/README.md quotes, measured
+/// on the images of `firmware-test` (made first when missing): `size`, the peak
+/// stack under `valgrind --tool=massif --stacks=yes`, and the peak RSS as the kernel
+/// counts it (VmHWM, read under gdb when the process calls exit_group; `/usr/bin/time`
+/// would count the forked child before its exec too).
+pub fn firmware_footprint(args: &[String]) -> Result<(), String> {
+    no_args("firmware-footprint", args)?;
+    let dir = root().join("target").join("xtask").join("firmware-test");
+    if !dir.join("deep").join("d4.qcow").exists() {
+        firmware_test(&[])?;
+    }
+    let bin = build_firmware()?;
+    let len = fs::metadata(&bin)
+        .map_err(|e| format!("{}: {e}", bin.display()))?
+        .len();
+    let nm = stdout_of(Command::new("nm").arg(&bin))?;
+    println!("binary: {len} bytes, {} symbols", nm.lines().count());
+    print!("{}", stdout_of(Command::new("size").arg(&bin))?);
+    println!("{:<28} {:>12} {:>10}", "image", "peak stack", "VmHWM");
+    for image in [
+        "plain.qcow",
+        "compressed.qcow",
+        "big-cluster.qcow",
+        "chain/top.qcow",
+        "deep/d4.qcow",
+    ] {
+        let massif = dir.join("massif.out");
+        let stack = capture(
+            Command::new("valgrind")
+                .current_dir(&dir)
+                .args(["--tool=massif", "--stacks=yes"])
+                .arg(format!("--massif-out-file={}", massif.display()))
+                .arg(&bin)
+                .arg(image),
+        )
+        .ok()
+        .and_then(|_| fs::read_to_string(&massif).ok())
+        .and_then(|m| {
+            m.lines()
+                .filter_map(|l| l.strip_prefix("mem_stacks_B="))
+                .filter_map(|v| v.parse::<u64>().ok())
+                .max()
+        })
+        .map_or("(no valgrind)".to_string(), |b| format!("{b} B"));
+        let hwm = capture(
+            Command::new("gdb")
+                .current_dir(&dir)
+                .args(["-q", "-batch", "-ex", "catch syscall exit_group", "-ex"])
+                .arg(format!("run {image} >/dev/null"))
+                .args([
+                    "-ex",
+                    "python print(open('/proc/%d/status' % gdb.selected_inferior().pid).read())",
+                ])
+                .arg(&bin),
+        )
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_string()))
+        })
+        .unwrap_or_else(|| "(no gdb)".into());
+        println!("{image:<28} {stack:>12} {hwm:>10}");
+    }
     Ok(())
 }
 

@@ -63,6 +63,13 @@ const TASKS: &[Task] = &[
                 made by QEMU (plain, compressed, 64 KiB clusters, backing chains)",
         run: firmware::firmware_test,
     },
+    Task {
+        name: "firmware-footprint",
+        usage: "",
+        about: "the firmware's size, peak stack (valgrind) and peak RSS (gdb) on the \
+                firmware-test images: the figures of qcow-core/README.md",
+        run: firmware::firmware_footprint,
+    },
     // ---- other tasks ---------------------------------------------------------
     Task {
         name: "help",
@@ -77,11 +84,20 @@ fn ci(args: &[String]) -> Result<(), String> {
     no_args("ci", args)?;
     for tool in ["qemu-img", "qemu-io"] {
         if Command::new(tool).arg("--version").output().is_err() {
-            return Err(format!("{tool} not found: install qemu-utils (the tests need it)"));
+            return Err(format!(
+                "{tool} not found: install qemu-utils (the tests need it)"
+            ));
         }
     }
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo().args(["test", "--workspace"]))?;
     for name in ["nostd", "firmware-test"] {
         run_task(name, &[])?;

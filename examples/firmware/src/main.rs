@@ -14,8 +14,8 @@
 //! Nothing is allocated. One static pool (in `.bss`, so it costs nothing until
 //! touched) holds the 64 KiB read buffer and every image's scratch buffer, carved to
 //! the exact [`scratch_len`] of each image's geometry (8 KiB for 4 KiB clusters, at
-//! most 128 KiB). The [`Image`]s themselves, with their table caches (8,592 bytes
-//! each), live on the stack: 42 KiB for the five layers, whether present or not.
+//! most 128 KiB). The [`Image`]s themselves, with their table caches (about 9 KiB
+//! each), live on the stack: five of them, whether the layers exist or not.
 //!
 //! # Backing files
 //! A backing file name is resolved against the directory of the image naming it
@@ -33,14 +33,14 @@
 //!
 //! Borrowing rather than owning the layer beneath keeps every image in a local of
 //! its own: an owned nesting would be moved (copied) level by level, and the stack
-//! frame held about three times the chain (173 KiB instead of 42 KiB).
+//! frame held about three times the chain.
 //!
 //! # Unsafe
 //! This file is the only place in the repository with `unsafe`: the entry point
-//! (`_start` in `global_asm!`, reading argc/argv off the initial stack), the five C
+//! (`_start` in `global_asm!`, reading argc/argv off the initial stack), the C
 //! functions the compiler calls (`memcpy`, `memmove`, `memset`, `memcmp`/`bcmp`,
-//! `strlen`, in assembly), the system calls in [`sys`], and taking the static pool
-//! once. Each block says why it is sound.
+//! `strlen`, in assembly, and a `rust_eh_personality` stub), the system calls in
+//! [`sys`], and taking the static pool once. Each block says why it is sound.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -147,6 +147,13 @@ core::arch::global_asm!(
     "sub eax, ecx",
     ".Lmemcmp_done:",
     "ret",
+    // The precompiled core library is built to unwind, and in builds without LTO its
+    // unwind tables name the personality routine. With panic = "abort" nothing ever
+    // unwinds, so it is never called: a trap will do.
+    ".globl rust_eh_personality",
+    ".type rust_eh_personality,@function",
+    "rust_eh_personality:",
+    "ud2",
     // size_t strlen(const char *s)
     ".globl strlen",
     ".type strlen,@function",
