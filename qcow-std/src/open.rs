@@ -142,6 +142,25 @@ fn name_path(bytes: &[u8]) -> PathBuf {
     PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
 }
 
+/// A backing file, named by bytes of an image, must be a regular file or a block
+/// device: opening a FIFO would block forever, and a character device or a directory
+/// is no disk. (The top image is whatever the caller names.)
+fn backing_kind_ok(path: &Path, is_backing: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    if !is_backing {
+        return Ok(());
+    }
+    let t = std::fs::metadata(path)?.file_type();
+    if t.is_file() || t.is_block_device() {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file or block device",
+        ))
+    }
+}
+
 struct Link {
     path: PathBuf,
     io: FileIo,
@@ -157,10 +176,8 @@ pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Disk, Error> {
     let mut format = opts.format;
     loop {
         let writable = chain.is_empty() && opts.writable;
-        let file = FsOpen::new()
-            .read(true)
-            .write(writable)
-            .open(&cur)
+        let file = backing_kind_ok(&cur, !chain.is_empty())
+            .and_then(|()| FsOpen::new().read(true).write(writable).open(&cur))
             .map_err(|e| match chain.last() {
                 Some(prev) => Error::BackingMissing {
                     path: prev.path.clone(),
