@@ -1,0 +1,226 @@
+//! Every verb of `qcow` on every hostile image of `qcow-core/tests/hostile/cases.rs`
+//! (and on a few hostile backing chains): the exit status is one the contract allows,
+//! an error is a `qcow: ` line, and there is never a panic (exit 101), a signal or a
+//! hang. Every run is under an address-space limit (`ulimit -v`, 1 GiB), which proves
+//! that headers asking for huge tables, names or sizes allocate nothing of the kind.
+
+#[allow(dead_code)] // shared with qcow-core's test, which uses all of it
+#[path = "../../qcow-core/tests/hostile/cases.rs"]
+mod cases;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const QCOW: &str = env!("CARGO_BIN_EXE_qcow");
+/// Address space for one run, in KiB.
+const LIMIT_KB: u64 = 1 << 20;
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Run {
+    code: i32,
+    stderr: String,
+}
+
+/// Runs `qcow ARGS` under `ulimit -v` with `stdin`, killing it after [`TIMEOUT`].
+fn qcow(args: &[&str], stdin: &[u8], dir: &Path) -> Run {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit -v {LIMIT_KB}; exec \"$0\" \"$@\""))
+        .arg(QCOW)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn sh");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let mut err_pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("qcow {} hung (killed after {TIMEOUT:?})", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let _ = writer.join();
+    let stderr = reader.join().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(sig) = status.signal() {
+        panic!("qcow {} died of signal {sig}: {stderr}", args.join(" "));
+    }
+    Run {
+        code: status.code().unwrap(),
+        stderr,
+    }
+}
+
+/// Runs a verb and checks its status against the contract: `ok` lists the statuses
+/// that are not errors; 1 (2 for `compare`) is an error and needs a `qcow: ` line.
+fn verb(args: &[&str], stdin: &[u8], dir: &Path, ok: &[i32]) -> i32 {
+    let r = qcow(args, stdin, dir);
+    let what = format!("qcow {}", args.join(" "));
+    assert_ne!(r.code, 101, "{what} panicked: {}", r.stderr);
+    let error_code = if args[0] == "compare" { 2 } else { 1 };
+    if r.code == error_code {
+        assert!(
+            r.stderr.lines().any(|l| l.starts_with("qcow: ")),
+            "{what}: exit {} without a `qcow: ` line: {:?}",
+            r.code,
+            r.stderr
+        );
+    } else {
+        assert!(
+            ok.contains(&r.code),
+            "{what}: exit {} ({})",
+            r.code,
+            r.stderr
+        );
+    }
+    r.code
+}
+
+fn copy_of(src: &Path, dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::copy(src, &p).unwrap();
+    p
+}
+
+/// Every verb on `file`; the verbs that write get a copy.
+fn every_verb(file: &Path, dir: &Path, valid: &Path) {
+    let f = file.to_str().unwrap();
+    let v = valid.to_str().unwrap();
+    let out = |ext: &str| dir.join(format!("out.{ext}")).to_str().unwrap().to_string();
+    let (raw, qc) = (out("raw"), out("qcow"));
+    for args in [
+        vec!["info", f],
+        vec!["info", "--output=json", f],
+        vec!["read", f, "0", "4k"],
+        vec!["read", f, "511", "1k"],
+        vec!["read", "--password-file", "pw", f, "0", "4k"],
+        vec!["map", f],
+        vec!["map", "--output=json", f],
+        vec!["convert", "-O", "raw", f, &raw],
+        vec!["convert", "-O", "qcow", "-c", f, &qc],
+    ] {
+        verb(&args, b"", dir, &[0]);
+    }
+    verb(&["check", f], b"", dir, &[0, 2, 3]);
+    verb(&["check", "--output=json", f], b"", dir, &[0, 2, 3]);
+    verb(&["compare", f, f], b"", dir, &[0, 1]);
+    verb(&["compare", f, v], b"", dir, &[0, 1]);
+    let data = vec![0x5au8; 1536];
+    let cases: [(&str, Vec<&str>, &[u8]); 6] = [
+        ("w.qcow", vec!["write", "W", "0"], &data),
+        ("wc.qcow", vec!["write", "-c", "W", "512"], &data),
+        ("commit.qcow", vec!["commit", "W"], b""),
+        ("resize.qcow", vec!["resize", "W", "+1M"], b""),
+        ("rebase.qcow", vec!["rebase", "-u", "-b", "", "W"], b""),
+        ("rebase2.qcow", vec!["rebase", "-b", "base.img", "W"], b""),
+    ];
+    for (name, args, stdin) in cases {
+        let copy = copy_of(file, dir, name);
+        let c = copy.to_str().unwrap();
+        let args: Vec<&str> = args.iter().map(|a| if *a == "W" { c } else { a }).collect();
+        verb(&args, stdin, dir, &[0]);
+    }
+}
+
+fn setup() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    // The backing file the overlay cases name, and a password file.
+    std::fs::write(dir.path().join("base.img"), vec![0x11u8; 1 << 20]).unwrap();
+    std::fs::write(dir.path().join("pw"), b"hostile").unwrap();
+    let valid = dir.path().join("valid.qcow");
+    std::fs::write(&valid, cases::base(12, 9, 1 << 20, false).bytes).unwrap();
+    (dir, valid)
+}
+
+#[test]
+fn every_verb_on_every_hostile_image() {
+    let (dir, valid) = setup();
+    let all = cases::all();
+    let start = Instant::now();
+    for case in &all {
+        let file = dir.path().join(format!("{}.qcow", case.name));
+        std::fs::write(&file, &case.image).unwrap();
+        every_verb(&file, dir.path(), &valid);
+        // Opening refused in the core is an error for every reading verb.
+        if let cases::Expect::Open(_) = case.expect {
+            let f = file.to_str().unwrap();
+            assert_eq!(verb(&["info", "-f", "qcow", f], b"", dir.path(), &[0]), 1);
+            assert_eq!(verb(&["map", "-f", "qcow", f], b"", dir.path(), &[0]), 1);
+        }
+    }
+    eprintln!("{} cases in {:?}", all.len(), start.elapsed());
+}
+
+/// Writes an overlay of `base` naming `backing`.
+fn overlay(path: &Path, backing: &str) {
+    let mut io = qcow_core::io::MemIo::default();
+    let opts = qcow_core::write::CreateOptions {
+        backing: Some(backing.as_bytes()),
+        ..qcow_core::write::CreateOptions::new(1 << 20)
+    };
+    qcow_core::write::create(&mut io, &opts).unwrap();
+    std::fs::write(path, io.0).unwrap();
+}
+
+#[test]
+fn hostile_backing_chains() {
+    let (dir, valid) = setup();
+    let d = dir.path();
+    // An image that is its own backing file, and a loop of two.
+    overlay(&d.join("self.qcow"), "self.qcow");
+    overlay(&d.join("a.qcow"), "b.qcow");
+    overlay(&d.join("b.qcow"), "a.qcow");
+    // A chain deeper than the limit (64).
+    for i in 0..70 {
+        overlay(
+            &d.join(format!("deep{i}.qcow")),
+            &format!("deep{}.qcow", i + 1),
+        );
+    }
+    std::fs::write(d.join("deep70.qcow"), vec![0u8; 4096]).unwrap();
+    // Backing files that are missing, a directory, a FIFO, a character device, and a
+    // name holding a NUL byte or 1023 bytes.
+    overlay(&d.join("missing.qcow"), "no-such-file");
+    std::fs::create_dir(d.join("subdir")).unwrap();
+    overlay(&d.join("dir.qcow"), "subdir");
+    let fifo = d.join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    overlay(&d.join("fifo.qcow"), "fifo");
+    overlay(&d.join("tty.qcow"), "/dev/tty");
+    overlay(&d.join("nul.qcow"), "a\0b");
+    overlay(&d.join("long.qcow"), &"x".repeat(1023));
+    for name in [
+        "self", "a", "deep0", "missing", "dir", "fifo", "tty", "nul", "long",
+    ] {
+        let file = d.join(format!("{name}.qcow"));
+        every_verb(&file, d, &valid);
+        let f = file.to_str().unwrap();
+        // Everything that needs the chain fails with one line.
+        if name != "long" {
+            assert_eq!(verb(&["read", f, "0", "512"], b"", d, &[0]), 1, "{name}");
+        }
+    }
+}
