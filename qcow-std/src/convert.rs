@@ -10,8 +10,9 @@ use std::fs::{File, OpenOptions as FsOpen};
 use std::path::Path;
 
 use qcow_core::cluster::Deflater;
+use qcow_core::cluster::InflateError;
 use qcow_core::write::{CreateOptions, Writer};
-use qcow_core::StatusKind;
+use qcow_core::{Cluster, StatusKind};
 use zeroize::Zeroizing;
 
 use crate::error::Error;
@@ -156,7 +157,7 @@ pub fn convert(src: &mut Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Resu
         }
         let n = usize::try_from((size - offset).min(CHUNK as u64)).unwrap_or(CHUNK);
         let chunk = &mut buf[..n];
-        let allocated = read_allocated(src, offset, chunk)?;
+        let allocated = read_allocated(src, offset, chunk, threads)?;
         let base = match &mut opts.backing {
             Some((_, disk)) => {
                 let b = &mut base_buf[..n];
@@ -216,10 +217,10 @@ pub fn convert(src: &mut Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Resu
         }
     }
     match sink {
-        Sink::Raw { file, path } => file.sync_all().map_err(|e| Error::io(path, e))?,
+        Sink::Raw { file, path } => file.sync_data().map_err(|e| Error::io(path, e))?,
         Sink::Qcow { writer, path, .. } => {
             let io = writer.finish().map_err(|e| Error::image(&path, e))?;
-            io.file().sync_all().map_err(|e| Error::io(&path, e))?;
+            io.file().sync_data().map_err(|e| Error::io(&path, e))?;
         }
     }
     if let Some(p) = opts.progress.as_mut() {
@@ -228,27 +229,142 @@ pub fn convert(src: &mut Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Resu
     Ok(())
 }
 
-/// Reads `buf` from `src` at `offset`, skipping (zero-filling) unallocated ranges.
-/// Returns whether anything was allocated.
-fn read_allocated(src: &mut Disk, offset: u64, buf: &mut [u8]) -> Result<bool, Error> {
+/// A compressed cluster of the top image to inflate into `buf[pos..pos + len]`.
+struct Job {
+    pos: usize,
+    len: usize,
+    in_cluster: usize,
+    guest: u64,
+    host: u64,
+    stream: usize,
+}
+
+/// Reads `buf` from `src` at `offset`, skipping (zero-filling) unallocated ranges and
+/// inflating the top image's compressed clusters on `threads` threads. Returns whether
+/// anything was allocated.
+fn read_allocated(
+    src: &mut Disk,
+    offset: u64,
+    buf: &mut [u8],
+    threads: usize,
+) -> Result<bool, Error> {
     let mut pos = 0usize;
     let mut any = false;
+    let mut jobs: Vec<Job> = Vec::new();
     while pos < buf.len() {
         let at = offset + pos as u64;
         let st = src.status(at, (buf.len() - pos) as u64)?;
         let len = usize::try_from(st.len)
             .unwrap_or(usize::MAX)
             .clamp(1, buf.len() - pos);
-        let piece = &mut buf[pos..pos + len];
-        if matches!(st.kind, StatusKind::Unallocated | StatusKind::Hole { .. }) {
-            piece.fill(0);
-        } else {
-            src.read_at(at, piece)?;
-            any = true;
+        match st.kind {
+            StatusKind::Unallocated | StatusKind::Hole { .. } => buf[pos..pos + len].fill(0),
+            StatusKind::Compressed { .. } if st.depth == 0 && threads > 1 => {
+                let path = src.path().to_path_buf();
+                let image = src
+                    .qcow()
+                    .ok_or_else(|| Error::invalid(&path, "not qcow"))?;
+                let Cluster::Compressed { host, len: stream } =
+                    image.lookup(at).map_err(|e| Error::image(&path, e))?
+                else {
+                    return Err(Error::invalid(&path, "cluster changed while reading"));
+                };
+                jobs.push(Job {
+                    pos,
+                    len,
+                    in_cluster: image.geometry().in_cluster(at) as usize,
+                    guest: at,
+                    host,
+                    stream: stream as usize,
+                });
+                any = true;
+            }
+            _ => {
+                src.read_at(at, &mut buf[pos..pos + len])?;
+                any = true;
+            }
         }
         pos += len;
     }
+    if !jobs.is_empty() {
+        inflate_jobs(src, &jobs, buf, threads)?;
+    }
     Ok(any)
+}
+
+/// Reads the streams of `jobs` (adjacent ones in one read) and inflates them in
+/// parallel straight into their places in `buf`.
+fn inflate_jobs(src: &mut Disk, jobs: &[Job], buf: &mut [u8], threads: usize) -> Result<(), Error> {
+    let path = src.path().to_path_buf();
+    let image = src
+        .qcow()
+        .ok_or_else(|| Error::invalid(&path, "not qcow"))?;
+    let cluster = image.geometry().cluster_len();
+    let total: usize = jobs.iter().map(|j| j.stream).sum();
+    let mut input = vec![0u8; total];
+    let mut starts = Vec::with_capacity(jobs.len());
+    let (mut at, mut i) = (0usize, 0usize);
+    while i < jobs.len() {
+        let (first, mut end, mut n) = (jobs[i].host, jobs[i].host, 0usize); // n ≥ 1 below
+        let begin = at;
+        while i + n < jobs.len() && jobs[i + n].host == end {
+            starts.push(at);
+            at += jobs[i + n].stream;
+            end += jobs[i + n].stream as u64;
+            n += 1;
+        }
+        qcow_core::BlockIo::read_at(image.io(), first, &mut input[begin..at])
+            .map_err(|e| Error::io(&path, e))?;
+        i += n;
+    }
+    // Split buf into the jobs' disjoint destinations.
+    let mut dests: Vec<&mut [u8]> = Vec::with_capacity(jobs.len());
+    let mut rest = buf;
+    let mut consumed = 0usize;
+    for j in jobs {
+        let (_, tail) = rest.split_at_mut(j.pos - consumed);
+        let (dst, tail) = tail.split_at_mut(j.len);
+        dests.push(dst);
+        rest = tail;
+        consumed = j.pos + j.len;
+    }
+    let per = jobs.len().div_ceil(threads.max(1)).max(1);
+    let input = &input;
+    let starts = &starts;
+    let result: Result<(), qcow_core::Error<std::io::Error>> = std::thread::scope(|s| {
+        let handles: Vec<_> =
+            jobs.chunks(per)
+                .zip(dests.chunks_mut(per))
+                .enumerate()
+                .map(|(k, (js, ds))| {
+                    s.spawn(move || {
+                        let mut out = vec![0u8; cluster];
+                        for (n, (j, d)) in js.iter().zip(ds.iter_mut()).enumerate() {
+                            let at = starts[k * per + n];
+                            qcow_core::cluster::inflate(&input[at..at + j.stream], &mut out)
+                                .map_err(|e| match e {
+                                    InflateError::Invalid => qcow_core::Error::CompressedInvalid {
+                                        guest: j.guest,
+                                        host: j.host,
+                                    },
+                                    InflateError::Short(len) => qcow_core::Error::CompressedShort {
+                                        guest: j.guest,
+                                        host: j.host,
+                                        len,
+                                    },
+                                })?;
+                            d.copy_from_slice(&out[j.in_cluster..j.in_cluster + j.len]);
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    result.map_err(|e| Error::image(&path, e))
 }
 
 /// Writes the non-zero blocks of `data` at `offset`, coalescing runs.
