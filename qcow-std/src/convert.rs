@@ -66,7 +66,7 @@ enum Sink {
         path: std::path::PathBuf,
     },
     Qcow {
-        writer: Writer<FileIo>,
+        writer: Box<Writer<FileIo>>,
         path: std::path::PathBuf,
         deflaters: Vec<Deflater>,
         threads: usize,
@@ -119,7 +119,7 @@ pub fn convert(src: &mut Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Resu
             let writer = Writer::create(io, &create, opts.encrypt.as_deref().map(|v| &v[..]))
                 .map_err(|e| Error::image(dst, e))?;
             Sink::Qcow {
-                writer,
+                writer: Box::new(writer),
                 path: dst.to_path_buf(),
                 deflaters: Vec::new(),
                 threads,
@@ -361,8 +361,7 @@ fn inflate_jobs(src: &mut Disk, jobs: &[Job], buf: &mut [u8], threads: usize) ->
                 .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
+            .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
     });
     result.map_err(|e| Error::image(&path, e))
 }
