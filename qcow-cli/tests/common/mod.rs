@@ -657,3 +657,114 @@ pub fn parse_map(text: &str) -> Vec<MapExtent> {
     }
     out
 }
+
+/// Runs `qcow ARGS` in `cwd` (or here), asserts exit 0, returns its standard output.
+pub fn qcow_ok_in(cwd: Option<&Path>, args: &Args) -> Vec<u8> {
+    let o = run_prog(qcow_bin(), args, None, cwd);
+    assert_eq!(
+        o.code,
+        0,
+        "{} (in {cwd:?}) failed: {}",
+        describe("qcow", args),
+        o.stderr
+    );
+    o.stdout
+}
+
+/// Checks every way we read `img` against `want` (QEMU's view of it): `qcow read` of
+/// everything and of windows, `qcow convert -O raw`, and the library's `DiskIo`
+/// (whole, windows, the last byte). `img` may be relative to `cwd`, where the `qcow`
+/// processes run; `pw` is a password file for encrypted images.
+pub fn check_reads(
+    img: &Path,
+    cwd: Option<&Path>,
+    want: &[u8],
+    pw: Option<&Path>,
+    rng: &mut Rng,
+    what: &str,
+) {
+    use std::io::{Read, Seek, SeekFrom};
+    let dir = tmp();
+    let size = want.len() as u64;
+    let with_pw = |mut v: Vec<&'static str>| {
+        if pw.is_some() {
+            v.push("--password-file");
+        }
+        v
+    };
+    let read_args = |at: u64, len: u64| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> =
+            with_pw(vec!["read"]).into_iter().map(Into::into).collect();
+        if let Some(p) = pw {
+            v.push(p.into());
+        }
+        v.extend([img.into(), at.to_string().into(), len.to_string().into()]);
+        v
+    };
+    let run_read = |at: u64, len: u64| -> Out {
+        let a = read_args(at, len);
+        let refs: Vec<&dyn AsRef<OsStr>> = a.iter().map(|x| x as &dyn AsRef<OsStr>).collect();
+        run_prog(qcow_bin(), &refs, None, cwd)
+    };
+    let o = run_read(0, size);
+    assert_eq!(o.code, 0, "{what}: qcow read: {}", o.stderr);
+    assert_bytes_eq(&o.stdout, want, &format!("{what}: qcow read"));
+
+    let out = dir.path().join("out.raw");
+    let mut conv: Vec<&dyn AsRef<OsStr>> = vec![&"convert", &"-O", &"raw"];
+    if let Some(p) = &pw {
+        conv.push(&"--password-file");
+        conv.push(p);
+    }
+    conv.push(&img);
+    conv.push(&out);
+    qcow_ok_in(cwd, &conv);
+    assert_bytes_eq(&read(&out), want, &format!("{what}: qcow convert -O raw"));
+
+    let full = match cwd {
+        Some(c) => c.join(img),
+        None => img.to_path_buf(),
+    };
+    let opts = qcow_std::OpenOptions {
+        secret: pw.map(|p| zeroize::Zeroizing::new(read(p))),
+        ..qcow_std::OpenOptions::default()
+    };
+    let mut disk = qcow_std::open(&full, &opts).expect("open");
+    let mut io = qcow_std::io::DiskIo::new(&mut disk);
+    let mut all = Vec::new();
+    io.read_to_end(&mut all).expect("read_to_end");
+    assert_bytes_eq(&all, want, &format!("{what}: DiskIo read_to_end"));
+    for _ in 0..40 {
+        let at = rng.below(size);
+        let len = (1 + rng.below(3 * 65536)).min(size - at) as usize;
+        io.seek(SeekFrom::Start(at)).expect("seek");
+        let mut b = vec![0u8; len];
+        io.read_exact(&mut b).expect("read_exact");
+        assert_bytes_eq(
+            &b,
+            &want[at as usize..at as usize + len],
+            &format!("{what}: DiskIo window {at}+{len}"),
+        );
+    }
+    let mut last = [0u8; 1];
+    io.seek(SeekFrom::End(-1)).expect("seek end");
+    io.read_exact(&mut last).expect("last byte");
+    assert_eq!(last[0], want[want.len() - 1], "{what}: last byte");
+    assert_eq!(io.read(&mut last).expect("read at end"), 0, "{what}: EOF");
+
+    for (at, len) in [
+        (size - 1, 1),
+        (rng.below(size.saturating_sub(5000).max(1)), 4999.min(size)),
+        (rng.below(size), 1),
+    ] {
+        let o = run_read(at, len);
+        assert_eq!(o.code, 0, "{what}: qcow read {at} {len}: {}", o.stderr);
+        assert_bytes_eq(
+            &o.stdout,
+            &want[at as usize..(at + len) as usize],
+            &format!("{what}: qcow read {at} {len}"),
+        );
+    }
+    let o = run_read(size - 1, 2);
+    assert_fails(&o, 1, &format!("{what}: read past the end"));
+}
