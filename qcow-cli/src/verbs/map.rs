@@ -45,10 +45,14 @@ impl Extent {
     }
 }
 
-/// The merged extents of a disk.
-pub fn extents(disk: &mut qcow_std::Disk) -> Result<Vec<Extent>, CliError> {
+/// Calls `f` on each merged extent of a disk, in order, as soon as it is complete:
+/// memory stays constant however many extents a (hostile) image has.
+pub fn for_each_extent(
+    disk: &mut qcow_std::Disk,
+    mut f: impl FnMut(&Extent) -> Result<(), CliError>,
+) -> Result<(), CliError> {
     let size = disk.size();
-    let mut v: Vec<Extent> = Vec::new();
+    let mut cur: Option<Extent> = None;
     let mut at = 0u64;
     while at < size {
         let s = disk.status(at, size - at)?;
@@ -71,13 +75,20 @@ pub fn extents(disk: &mut qcow_std::Disk) -> Result<Vec<Extent>, CliError> {
             compressed,
             offset,
         };
-        match v.last_mut() {
+        match &mut cur {
             Some(last) if last.continues(&e) => last.length += len,
-            _ => v.push(e),
+            _ => {
+                if let Some(done) = cur.replace(e) {
+                    f(&done)?;
+                }
+            }
         }
         at += len;
     }
-    Ok(v)
+    if let Some(done) = cur {
+        f(&done)?;
+    }
+    Ok(())
 }
 
 fn chain_paths(file: &Path) -> Vec<PathBuf> {
@@ -114,25 +125,27 @@ pub fn run(file: &Path, format: Option<Format>, output: Output, out: &mut dyn Wr
         ..OpenOptions::default()
     };
     let mut disk = qcow_std::open(file, &opts)?;
-    let ext = extents(&mut disk)?;
+    let out = &mut std::io::BufWriter::new(out);
     let w = |e: std::io::Error| CliError(format!("cannot write output: {e}"));
     match output {
         Output::Json => {
-            let lines: Vec<String> = ext
-                .iter()
-                .map(|e| {
-                    let mut s = format!(
-                        "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}, \"compressed\": {}",
-                        e.start, e.length, e.depth, e.present, e.zero, e.data, e.compressed
-                    );
-                    if let Some(o) = e.offset {
-                        s.push_str(&format!(", \"offset\": {o}"));
-                    }
-                    s.push('}');
-                    s
-                })
-                .collect();
-            writeln!(out, "[{}]", lines.join(",\n")).map_err(w)?;
+            let mut first = true;
+            write!(out, "[").map_err(w)?;
+            for_each_extent(&mut disk, |e| {
+                let sep = if first { "" } else { ",\n" };
+                first = false;
+                write!(
+                    out,
+                    "{sep}{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}, \"compressed\": {}",
+                    e.start, e.length, e.depth, e.present, e.zero, e.data, e.compressed
+                )
+                .map_err(w)?;
+                if let Some(o) = e.offset {
+                    write!(out, ", \"offset\": {o}").map_err(w)?;
+                }
+                write!(out, "}}").map_err(w)
+            })?;
+            writeln!(out, "]").map_err(w)?;
         }
         Output::Human => {
             let chain = chain_paths(file);
@@ -149,7 +162,7 @@ pub fn run(file: &Path, format: Option<Format>, output: Output, out: &mut dyn Wr
                     format!("{v:#x}")
                 }
             };
-            for e in &ext {
+            for_each_extent(&mut disk, |e| {
                 if e.compressed {
                     return Err(err(
                         file,
@@ -170,8 +183,10 @@ pub fn run(file: &Path, format: Option<Format>, output: Output, out: &mut dyn Wr
                     )
                     .map_err(w)?;
                 }
-            }
+                Ok(())
+            })?;
         }
     }
+    out.flush().map_err(w)?;
     Ok(0)
 }
