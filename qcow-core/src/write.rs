@@ -150,6 +150,17 @@ where
     /// write); missing tables are written whole, holding their entries, then (after a
     /// barrier) the L1 entries that point at them.
     pub(crate) fn link_many(&mut self, links: &[(u64, L2Entry)]) -> Result<(), Error<B::Error>> {
+        // An L1 entry past the table would land on whatever follows it.
+        if let Some(&(guest, _)) = links
+            .iter()
+            .find(|(g, _)| self.geo.l1_index(*g) >= self.geo.l1_size)
+        {
+            return Err(Error::OutOfRange {
+                offset: guest,
+                len: 0,
+                size: self.geo.size,
+            });
+        }
         // (table offset, first index, entry bytes) of a run of adjacent entries.
         let mut run: Option<(u64, u64, Vec<u8>)> = None;
         // (L1 index, table bytes) of tables to create.
@@ -345,6 +356,13 @@ where
     pub fn write_compressed(&mut self, offset: u64, data: &[u8]) -> Result<(), Error<B::Error>> {
         let cs = self.geo.cluster_len();
         let len = data.len() as u64;
+        if offset.checked_add(len).is_none_or(|e| e > self.geo.size) {
+            return Err(Error::OutOfRange {
+                offset,
+                len,
+                size: self.geo.size,
+            });
+        }
         let whole =
             data.len() == cs || (data.len() < cs && offset.checked_add(len) == Some(self.geo.size));
         if self.geo.in_cluster(offset) != 0 || !whole || self.header.is_encrypted() {

@@ -167,3 +167,30 @@ fn truncation_at_every_boundary() {
         );
     }
 }
+
+/// Fuzz crash `write/crash-d920c49c…`: `write_compressed` of a whole cluster that
+/// reaches past the virtual size (the last cluster is partial) stored it and said
+/// Ok; one past the L1 table's span wrote an L1 entry past the table, over whatever
+/// followed it. Both are refused now, and the file is left as it was.
+#[test]
+fn write_compressed_past_the_virtual_size_is_refused() {
+    use qcow_core::io::MemIo;
+    use qcow_core::write::{create, CreateOptions};
+    let mut io = MemIo::default();
+    create(&mut io, &CreateOptions::new(1000)).unwrap();
+    let before = io.clone();
+    let mut img = Image::open(io, NoBacking::new(), vec![0u8; 8192]).unwrap();
+    let cluster = vec![0x41u8; 4096];
+    for (offset, len) in [(0u64, 4096u64), (1 << 21, 4096), (1 << 40, 4096)] {
+        assert_eq!(
+            img.write_compressed(offset, &cluster[..len as usize]),
+            Err(Error::OutOfRange {
+                offset,
+                len,
+                size: 1024
+            })
+        );
+    }
+    let (io, _) = img.into_parts();
+    assert_eq!(io, before);
+}
