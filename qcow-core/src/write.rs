@@ -19,6 +19,9 @@ use crate::header::{
 use crate::image::{Backing, Image};
 use crate::io::BlockIo;
 
+/// The most bytes of zeros [`Image::make_empty`] holds at once.
+const ZERO_CHUNK: u64 = 64 << 10;
+
 /// Rounds `v` up to a multiple of the power of two `align`.
 fn round_up(v: u64, align: u64) -> Option<u64> {
     let mask = align.checked_sub(1)?;
@@ -332,8 +335,19 @@ where
     pub fn make_empty(&mut self) -> Result<(), Error<B::Error>> {
         let l1 = self.header.l1_table_offset;
         let l1_len = round_up(self.geo.l1_bytes(), 512).unwrap_or(u64::MAX);
-        let zeros = vec![0u8; usize::try_from(self.geo.l1_bytes()).unwrap_or(0)];
-        self.io.write_at(l1, &zeros)?;
+        // The L1 table may be up to 2 GiB: zero it a piece at a time.
+        let total = self.geo.l1_bytes();
+        let zeros = vec![0u8; usize::try_from(total.min(ZERO_CHUNK)).unwrap_or(0)];
+        let mut done = 0u64;
+        while done < total {
+            let n = usize::try_from(total.saturating_sub(done).min(ZERO_CHUNK)).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            self.io
+                .write_at(l1.saturating_add(done), zeros.get(..n).unwrap_or_default())?;
+            done = done.saturating_add(n as u64);
+        }
         self.io.flush()?;
         self.cache.clear();
         self.inflated = None;

@@ -194,3 +194,27 @@ fn write_compressed_past_the_virtual_size_is_refused() {
     let (io, _) = img.into_parts();
     assert_eq!(io, before);
 }
+
+/// `make_empty` zeroes an L1 table larger than its 64 KiB buffer completely.
+#[test]
+fn make_empty_zeroes_a_large_l1_in_pieces() {
+    use qcow_core::io::MemIo;
+    use qcow_core::write::{create, CreateOptions};
+    // 10000 L1 entries of 2 MiB each: an 80000-byte table.
+    let size = 10_000u64 << 21;
+    let mut io = MemIo::default();
+    let h = create(&mut io, &CreateOptions::new(size)).unwrap();
+    assert_eq!(h.geometry().l1_bytes(), 80_000);
+    let mut img = Image::open(io, NoBacking::new(), vec![0u8; 8192]).unwrap();
+    for at in [0, 40_000 << 21 >> 4, size - 4096] {
+        img.write_at(at, &[0x77; 4096]).unwrap();
+    }
+    img.make_empty().unwrap();
+    let (mut io, _) = img.into_parts();
+    let l1 = &io.0[h.l1_table_offset as usize..][..80_000];
+    assert!(l1.iter().all(|&b| b == 0));
+    assert_eq!(
+        qcow_core::BlockIo::len(&mut io).unwrap(),
+        h.l1_table_offset + 80_384
+    );
+}
