@@ -110,6 +110,7 @@ mod deflate {
 }
 
 #[cfg(all(test, feature = "alloc"))]
+// Test code: a failed unwrap or index is a failed test; the values are small and known.
 #[allow(
     clippy::unwrap_used,
     clippy::indexing_slicing,

@@ -1,5 +1,6 @@
 //! The sequential writer of fresh images: every cluster pushed reads back, across many
 //! L2 tables, plain and compressed, encrypted or not.
+// Test code: a failed unwrap or index is a failed test; the values are small and known.
 #![allow(
     clippy::unwrap_used,
     clippy::indexing_slicing,
