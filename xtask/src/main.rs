@@ -8,6 +8,7 @@
 
 mod bench;
 mod firmware;
+mod fuzz;
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,26 @@ const TASKS: &[Task] = &[
         run: ci,
     },
     // ---- fuzz / bench tasks go here --------------------------------------------
+    Task {
+        name: "fuzz",
+        usage: "[TARGET] [SECONDS]",
+        about: "run one cargo-fuzz target of fuzz/ (all in turn when none is named) for \
+                SECONDS each (default 300), on nightly; installs cargo-fuzz if missing",
+        run: fuzz::fuzz,
+    },
+    Task {
+        name: "fuzz-build",
+        usage: "",
+        about: "build every fuzz target (cargo +nightly fuzz build), so none rots",
+        run: fuzz::fuzz_build,
+    },
+    Task {
+        name: "fuzz-replay",
+        usage: "",
+        about: "the fuzz seed corpora and crash regressions through the harnesses, on \
+                stable without libFuzzer (cargo test in fuzz/)",
+        run: fuzz::fuzz_replay,
+    },
     Task {
         name: "bench",
         usage: "[--rounds N] [--write]",
@@ -99,7 +120,7 @@ fn ci(args: &[String]) -> Result<(), String> {
         "warnings",
     ]))?;
     run(cargo().args(["test", "--workspace"]))?;
-    for name in ["nostd", "firmware-test"] {
+    for name in ["nostd", "firmware-test", "fuzz-replay", "fuzz-build"] {
         run_task(name, &[])?;
     }
     Ok(())

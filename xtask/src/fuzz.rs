@@ -1,0 +1,106 @@
+//! The fuzz tasks: `fuzz` runs the cargo-fuzz targets of `fuzz/` (libFuzzer, nightly),
+//! `fuzz-build` builds every target, `fuzz-replay` runs the seed corpora and the crash
+//! regressions through the same harnesses on stable, without libFuzzer.
+
+use std::process::Command;
+
+use crate::{root, run, stdout_of};
+
+/// Seconds per target when `fuzz` is given none.
+const DEFAULT_SECONDS: u64 = 300;
+
+/// `cargo +nightly` (through rustup's proxy: `$CARGO` is the stable toolchain's own
+/// cargo, which takes no `+toolchain`), in `fuzz/`.
+fn nightly() -> Command {
+    let mut c = Command::new("cargo");
+    c.arg("+nightly").current_dir(root().join("fuzz"));
+    c.env_remove("RUSTUP_TOOLCHAIN");
+    c
+}
+
+/// Installs cargo-fuzz when it is missing; checks that a nightly toolchain is there.
+fn ensure_cargo_fuzz() -> Result<(), String> {
+    stdout_of(Command::new("rustc").args(["+nightly", "--version"]))
+        .map_err(|e| format!("no nightly toolchain (rustup toolchain install nightly): {e}"))?;
+    if stdout_of(nightly().args(["fuzz", "--version"])).is_err() {
+        eprintln!("cargo-fuzz is missing: installing it");
+        run(Command::new("cargo").args(["install", "cargo-fuzz"]))?;
+    }
+    Ok(())
+}
+
+/// The targets of `fuzz/Cargo.toml`, as `cargo fuzz list` gives them.
+fn targets() -> Result<Vec<String>, String> {
+    let out = stdout_of(nightly().args(["fuzz", "list"]))?;
+    let v: Vec<String> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if v.is_empty() {
+        return Err("cargo fuzz list names no target".into());
+    }
+    Ok(v)
+}
+
+/// `cargo xtask fuzz [TARGET] [SECONDS]`: one target, or all in turn, one process at a
+/// time (the machine is shared), with libFuzzer's memory limit.
+pub fn fuzz(args: &[String]) -> Result<(), String> {
+    ensure_cargo_fuzz()?;
+    let all = targets()?;
+    let (chosen, seconds) = match args {
+        [] => (all.clone(), DEFAULT_SECONDS),
+        [one] => match one.parse::<u64>() {
+            Ok(s) => (all.clone(), s),
+            Err(_) => (vec![one.clone()], DEFAULT_SECONDS),
+        },
+        [one, s] => (
+            vec![one.clone()],
+            s.parse()
+                .map_err(|_| format!("SECONDS must be a number (got '{s}')"))?,
+        ),
+        _ => return Err("usage: cargo xtask fuzz [TARGET] [SECONDS]".into()),
+    };
+    for t in &chosen {
+        if !all.contains(t) {
+            return Err(format!(
+                "no fuzz target '{t}' (targets: {})",
+                all.join(", ")
+            ));
+        }
+    }
+    for t in &chosen {
+        eprintln!("==> fuzz {t} for {seconds} s");
+        run(nightly().args([
+            "fuzz",
+            "run",
+            t,
+            "--",
+            &format!("-max_total_time={seconds}"),
+            "-rss_limit_mb=2048",
+            "-timeout=10",
+            "-print_final_stats=1",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask fuzz-build`: every target builds (with libFuzzer and ASan), so none
+/// rots.
+pub fn fuzz_build(args: &[String]) -> Result<(), String> {
+    crate::no_args("fuzz-build", args)?;
+    ensure_cargo_fuzz()?;
+    run(nightly().args(["fuzz", "build"]))
+}
+
+/// `cargo xtask fuzz-replay`: the seed corpora and crash regressions through the
+/// harnesses, on the stable toolchain.
+pub fn fuzz_replay(args: &[String]) -> Result<(), String> {
+    crate::no_args("fuzz-replay", args)?;
+    let manifest = root().join("fuzz").join("Cargo.toml");
+    run(crate::cargo()
+        .arg("test")
+        .arg("--manifest-path")
+        .arg(manifest))
+}
