@@ -19,12 +19,19 @@
 //! most one per 8 bytes of the file, and memory stays proportional to the file size.
 //!
 //! # Leaks
-//! A leak is a host cluster (a cluster-sized, cluster-aligned piece of the file; the
-//! last one may be short) holding no byte of the header, the backing file name, the L1
-//! table, an L2 table, a data cluster or a compressed stream. Free bytes inside a
-//! cluster that also holds referenced bytes are padding: QEMU pads the L1 table to 512
-//! bytes and puts L2 tables and data clusters at the next cluster boundary after the
-//! end of the file, so images made by `qemu-img` and written by QEMU check clean.
+//! A leak is a run of bytes of the file that nothing references (not the header, the
+//! backing file name, the L1 table, an L2 table, a data cluster or a compressed
+//! stream) and that is not padding. Padding is what QEMU's own layout leaves: the L1
+//! table zero-filled to a multiple of 512 bytes, the gap (under 8 bytes) aligning the
+//! L1 table after the backing name, and the gap up to the next boundary where QEMU
+//! would have put the extent that follows: QEMU allocates at the end of the file
+//! rounded up to whole 512-byte sectors, so a compressed stream may follow a gap up to
+//! a multiple of 512, an L2 table or data cluster a gap up to a cluster boundary. The
+//! file ends where the last extent ends. So images made by
+//! `qemu-img` and written by QEMU check clean, while a compressed stream QEMU stops
+//! using (a partial write over a compressed cluster) is a leak even when it shares its
+//! host cluster with live streams. Each [`Leak`] also counts the whole host clusters
+//! (cluster-sized, cluster-aligned; the last one of the file may be short) inside it.
 
 use alloc::vec::Vec;
 
@@ -145,14 +152,14 @@ impl Corruption {
     }
 }
 
-/// A run of leaked host clusters.
+/// A run of leaked bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Leak {
-    /// Host offset of the first leaked cluster.
+    /// Host offset of the first leaked byte.
     pub offset: u64,
-    /// Bytes in the run (the last cluster of the file may be short).
+    /// Bytes in the run.
     pub len: u64,
-    /// Clusters in the run.
+    /// Whole host clusters inside the run (0 for a gap inside a cluster).
     pub clusters: u64,
 }
 
@@ -167,12 +174,13 @@ pub struct Report {
     pub corruptions: Vec<Corruption>,
     /// The leaked cluster runs, in host order.
     pub leaks: Vec<Leak>,
-    /// Leaked clusters in all.
+    /// Whole host clusters leaked, in all.
     pub leaked_clusters: u64,
-    /// Leaked bytes in all.
+    /// Bytes leaked, in all.
     pub leaked_bytes: u64,
     /// The end of the last referenced byte (the L1 table counted with its padding to
-    /// 512 bytes), at most the file's length: where the file could end.
+    /// 512 bytes), at most the file's length: where the file could end. Equal to the
+    /// file's length when its tail does not leak.
     pub image_end_offset: u64,
     /// Guest clusters in the virtual size.
     pub total_clusters: u64,
@@ -249,6 +257,35 @@ impl Ext {
         } else {
             self.end()
         }
+    }
+
+    /// The alignment QEMU places the extent at: a shorter gap up to it is padding.
+    /// QEMU allocates at its file length counted in whole 512-byte sectors: compressed
+    /// streams start at a multiple of 512, L2 tables and data clusters at a cluster
+    /// boundary; the L1 table follows the backing name at a multiple of 8.
+    fn qemu_align(&self, cs: u64) -> u64 {
+        match self.kind {
+            ExtKind::L2Table | ExtKind::Data => cs,
+            ExtKind::Compressed => 512,
+            ExtKind::L1 => 8,
+            _ => 1,
+        }
+    }
+
+    /// The alignment the repairs place the extent at (compressed streams and the
+    /// backing name are packed byte to byte).
+    pub(crate) fn align(&self, cs: u64) -> u64 {
+        match self.kind {
+            ExtKind::L2Table | ExtKind::Data => cs,
+            ExtKind::L1 => 8,
+            _ => 1,
+        }
+    }
+
+    /// Whether the free bytes from `free` up to this extent are a leak: more than
+    /// the padding QEMU leaves before such an extent.
+    pub(crate) fn leaks_before(&self, free: u64, cs: u64) -> bool {
+        free < self.host && align_up(free, self.qemu_align(cs)) < self.host
     }
 
     /// The sort key of host order.
@@ -600,22 +637,21 @@ pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Er
         }
     }
 
-    // Leaks: clusters with no referenced byte in them.
+    // Leaks: free bytes that are not padding.
     let mut covered = 0u64;
-    let mut end_offset = 0u64;
     for x in &exts {
         if x.host >= file_len {
             continue;
         }
-        let end = x.span_end().min(file_len);
-        end_offset = end_offset.max(end);
-        if x.host > covered {
+        if x.leaks_before(covered, cs) {
             leak(&mut report, covered, x.host, cs, file_len)?;
         }
-        covered = covered.max(end);
+        covered = covered.max(x.span_end().min(file_len));
     }
-    leak(&mut report, covered, file_len, cs, file_len)?;
-    report.image_end_offset = end_offset;
+    if covered < file_len {
+        leak(&mut report, covered, file_len, cs, file_len)?;
+    }
+    report.image_end_offset = covered;
     report.corruptions = corruptions;
     Ok(Scan {
         header,
@@ -626,7 +662,7 @@ pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Er
     })
 }
 
-/// Records the whole clusters of the free range `[a, b)`.
+/// Records the leaked range `[a, b)` and the whole clusters in it.
 fn leak<E>(report: &mut Report, a: u64, b: u64, cs: u64, file_len: u64) -> Result<(), Error<E>> {
     let first = align_up(a, cs);
     let end = if b >= file_len {
@@ -634,17 +670,18 @@ fn leak<E>(report: &mut Report, a: u64, b: u64, cs: u64, file_len: u64) -> Resul
     } else {
         b & !cs.saturating_sub(1)
     };
-    if first >= end {
-        return Ok(());
-    }
-    let len = end.saturating_sub(first);
-    let clusters = len.div_ceil(cs);
+    let clusters = if first < end {
+        end.saturating_sub(first).div_ceil(cs)
+    } else {
+        0
+    };
+    let len = b.saturating_sub(a);
     report.leaked_bytes = report.leaked_bytes.saturating_add(len);
     report.leaked_clusters = report.leaked_clusters.saturating_add(clusters);
     push(
         &mut report.leaks,
         Leak {
-            offset: first,
+            offset: a,
             len,
             clusters,
         },
@@ -655,6 +692,7 @@ fn leak<E>(report: &mut Report, a: u64, b: u64, cs: u64, file_len: u64) -> Resul
 #[allow(
     clippy::unwrap_used,
     clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
+    clippy::arithmetic_side_effects,
+    clippy::panic
 )]
 mod tests;

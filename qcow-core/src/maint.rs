@@ -207,6 +207,12 @@ impl<'a, B: BlockIo> Dev<'a, B> {
         self.flush()
     }
 
+    /// Points the pointer of `x` at `host` (0 drops a reference), then flushes.
+    fn point(&mut self, x: &Ext, host: u64) -> Result<(), Error<B::Error>> {
+        self.set_pointer(x, host)?;
+        self.flush()
+    }
+
     /// Where the pointer to a reference extent is stored.
     fn pointer(&self, x: &Ext) -> Option<u64> {
         let l1o = self.header.l1_table_offset;
@@ -220,17 +226,19 @@ impl<'a, B: BlockIo> Dev<'a, B> {
         }
     }
 
-    /// Points the pointer of `x` at `host` (0 drops a reference), then flushes.
-    fn point(&mut self, x: &Ext, host: u64) -> Result<(), Error<B::Error>> {
+    /// Writes the pointer of `x` (an L1 or L2 entry, or the header) as `host`; 0
+    /// drops a reference. One atomic write, not flushed.
+    fn set_pointer(&mut self, x: &Ext, host: u64) -> Result<(), Error<B::Error>> {
         match x.kind {
             ExtKind::Header => return Err(Error::Unsupported("moving the header")),
-            ExtKind::L1 => {
-                self.header.l1_table_offset = host;
-                return self.write_header();
-            }
-            ExtKind::Name => {
-                self.header.backing_file_offset = host;
-                return self.write_header();
+            ExtKind::L1 | ExtKind::Name => {
+                if x.kind == ExtKind::L1 {
+                    self.header.l1_table_offset = host;
+                } else {
+                    self.header.backing_file_offset = host;
+                }
+                let h = self.header.encode();
+                return self.write(0, &h);
             }
             _ => {}
         }
@@ -251,7 +259,7 @@ impl<'a, B: BlockIo> Dev<'a, B> {
                 *e = host;
             }
         }
-        self.flush()
+        Ok(())
     }
 
     /// Copies `x` to `to`, flushes, then switches its pointer: the crash-safe move.
@@ -264,15 +272,6 @@ impl<'a, B: BlockIo> Dev<'a, B> {
     /// Where an extent of `align` goes at the end of the file.
     fn append_pos(&self, align: u64) -> u64 {
         align_up(self.file_len, align)
-    }
-}
-
-/// The alignment an extent gets when placed.
-fn align_of(x: &Ext, cs: u64) -> u64 {
-    match x.kind {
-        ExtKind::L2Table | ExtKind::Data => cs,
-        ExtKind::L1 => 8,
-        _ => 1,
     }
 }
 
@@ -426,7 +425,7 @@ fn fix_corruptions<B: BlockIo>(
                 push(actions, Action::Dropped { corruption: c })?;
             }
             Fix::Copy => {
-                let to = dev.append_pos(align_of(&x, cs));
+                let to = dev.append_pos(x.align(cs));
                 dev.relocate(&x, to)?;
                 push(actions, Action::Copied { corruption: c, to })?;
             }
@@ -435,12 +434,22 @@ fn fix_corruptions<B: BlockIo>(
     Ok(true)
 }
 
-/// The live extents by host offset, and the holes between them that hold at least
-/// one whole free cluster.
+/// Bytes of extents one batch of [`compact`] moves at most.
+const BATCH_BYTES: u64 = 8 << 20;
+/// Extents one batch of [`compact`] moves at most.
+const BATCH_EXTENTS: usize = 4096;
+
+/// The live extents by host offset, and the holes between them: the free runs that
+/// are leaks, not padding (see [`crate::check`]).
 struct Packing {
     map: BTreeMap<u64, Ext>,
     holes: BTreeMap<u64, u64>,
     cs: u64,
+}
+
+/// The bytes an extent takes (the L1 table with its padding).
+fn span(x: &Ext) -> u64 {
+    x.span_end().saturating_sub(x.host)
 }
 
 impl Packing {
@@ -453,7 +462,7 @@ impl Packing {
         let mut prev: Option<u64> = None;
         for &x in exts {
             if let Some(a) = prev {
-                if p.whole(a, x.host) {
+                if x.leaks_before(a, cs) {
                     p.holes.insert(a, x.host);
                 }
             }
@@ -463,17 +472,25 @@ impl Packing {
         p
     }
 
-    /// Whether `[a, b)` holds a whole cluster.
-    fn whole(&self, a: u64, b: u64) -> bool {
-        a < b && align_up(a, self.cs).saturating_add(self.cs) <= b
-    }
-
     fn pred(&self, at: u64) -> Option<Ext> {
         self.map.range(..at).next_back().map(|(_, x)| *x)
     }
 
+    fn succ(&self, at: u64) -> Option<Ext> {
+        self.map.range(at..).next().map(|(_, x)| *x)
+    }
+
     fn last(&self) -> Option<Ext> {
         self.map.last_key_value().map(|(_, x)| *x)
+    }
+
+    /// Records the free run `[a, next)` as a hole when it leaks.
+    fn gap(&mut self, a: u64, next: Option<Ext>) {
+        if let Some(n) = next {
+            if n.leaks_before(a, self.cs) {
+                self.holes.insert(a, n.host);
+            }
+        }
     }
 
     fn remove(&mut self, host: u64) {
@@ -483,82 +500,138 @@ impl Packing {
         let a = self.pred(host).map_or(0, |p| p.span_end());
         self.holes.remove(&a);
         self.holes.remove(&x.span_end());
-        if let Some((&b, _)) = self.map.range(host..).next() {
-            if self.whole(a, b) {
-                self.holes.insert(a, b);
-            }
-        }
+        let next = self.succ(host);
+        self.gap(a, next);
     }
 
     fn insert(&mut self, x: Ext) {
         let a = self.pred(x.host).map_or(0, |p| p.span_end());
         self.holes.remove(&a);
-        if self.whole(a, x.host) {
-            self.holes.insert(a, x.host);
-        }
-        if let Some((&b, _)) = self.map.range(x.host..).next() {
-            if self.whole(x.span_end(), b) {
-                self.holes.insert(x.span_end(), b);
-            }
-        }
+        self.gap(a, Some(x));
+        let next = self.succ(x.host);
+        self.gap(x.span_end(), next);
         self.map.insert(x.host, x);
     }
 
     /// The lowest place in a hole below `x` where `x` fits.
     fn first_fit(&self, x: &Ext) -> Option<u64> {
-        let align = align_of(x, self.cs);
-        let len = x.span_end().saturating_sub(x.host);
+        let align = x.align(self.cs);
         self.holes.range(..x.host).find_map(|(&s, &e)| {
             let slot = align_up(s, align);
-            (slot.saturating_add(len) <= e).then_some(slot)
+            (slot.saturating_add(span(x)) <= e).then_some(slot)
         })
+    }
+
+    /// Test builds: the holes are exactly the leaking gaps, and no extents overlap.
+    #[cfg(test)]
+    fn validate(&self) {
+        let v: Vec<Ext> = self.map.values().copied().collect();
+        let fresh = Packing::new(&v, self.cs);
+        assert_eq!(fresh.holes, self.holes, "holes");
+        for w in v.windows(2) {
+            if let [a, b] = w {
+                assert!(a.end() <= b.host, "{a:?} overlaps {b:?}");
+            }
+        }
+    }
+
+    /// Where free space past every extent starts, aligned for `x`.
+    fn past_end(&self, x: &Ext) -> u64 {
+        align_up(self.last().map_or(0, |l| l.span_end()), x.align(self.cs))
     }
 }
 
-/// Moves `x` to the free place `to` and records it.
-fn mv<B: BlockIo>(
+/// Moves the extents to their places, each `(extent, place)` free or past the end:
+/// copies all, flushes, switches all pointers, flushes; records the moves.
+fn mv_batch<B: BlockIo>(
     dev: &mut Dev<'_, B>,
     p: &mut Packing,
-    x: Ext,
-    to: u64,
-) -> Result<Ext, Error<B::Error>> {
-    dev.relocate(&x, to)?;
-    p.remove(x.host);
-    let y = Ext { host: to, ..x };
-    p.insert(y);
-    let item = item_of(&x, &dev.geo);
-    push(
-        &mut dev.actions,
-        Action::Moved {
-            item,
-            from: x.host,
-            to,
-            len: u64::from(x.len),
-        },
-    )?;
-    Ok(y)
-}
-
-/// Moves `x` down to `to`, through a copy past the last extent when the two places
-/// overlap.
-fn mv_down<B: BlockIo>(
-    dev: &mut Dev<'_, B>,
-    p: &mut Packing,
-    x: Ext,
-    to: u64,
+    moves: &[(Ext, u64)],
+    record: bool,
 ) -> Result<(), Error<B::Error>> {
-    let x = if to.saturating_add(u64::from(x.len)) > x.host {
-        let end = p.last().map_or(0, |l| l.span_end());
-        mv(dev, p, x, align_up(end, align_of(&x, p.cs)))?
-    } else {
-        x
-    };
-    mv(dev, p, x, to)?;
+    for (x, to) in moves {
+        dev.copy(x.host, *to, u64::from(x.len))?;
+    }
+    dev.flush()?;
+    // The L1 table before L2 tables before entries: a pointer moving with its table
+    // is then written into the table's copy.
+    for kind in [
+        ExtKind::Name,
+        ExtKind::L1,
+        ExtKind::L2Table,
+        ExtKind::Data,
+        ExtKind::Compressed,
+    ] {
+        for (x, to) in moves.iter().filter(|(x, _)| x.kind == kind) {
+            dev.set_pointer(x, *to)?;
+        }
+    }
+    dev.flush()?;
+    for (x, to) in moves {
+        p.remove(x.host);
+        p.insert(Ext { host: *to, ..*x });
+        if record {
+            let item = item_of(x, &dev.geo);
+            push(
+                &mut dev.actions,
+                Action::Moved {
+                    item,
+                    from: x.host,
+                    to: *to,
+                    len: u64::from(x.len),
+                },
+            )?;
+        }
+    }
+    #[cfg(test)]
+    p.validate();
     Ok(())
 }
 
-/// Reclaims leaked clusters (see the module docs). `exts` are all live extents in
-/// host order, none overlapping another.
+/// Moves the extents down to their places, through copies past the last extent when
+/// a place overlaps a live extent of the batch.
+fn mv_down<B: BlockIo>(
+    dev: &mut Dev<'_, B>,
+    p: &mut Packing,
+    moves: &[(Ext, u64)],
+) -> Result<(), Error<B::Error>> {
+    let (Some((first, _)), Some((last, to))) = (moves.first(), moves.last()) else {
+        return Ok(());
+    };
+    if to.saturating_add(span(last)) <= first.host {
+        return mv_batch(dev, p, moves, true);
+    }
+    let mut temp: Vec<(Ext, u64)> = Vec::new();
+    temp.try_reserve(moves.len())
+        .map_err(|_| Error::OutOfMemory)?;
+    let mut at = p.past_end(first);
+    for (x, _) in moves {
+        at = align_up(at, x.align(p.cs));
+        temp.push((*x, at));
+        at = at.saturating_add(span(x));
+    }
+    mv_batch(dev, p, &temp, false)?;
+    for (t, (x, to)) in temp.iter_mut().zip(moves) {
+        *t = (Ext { host: t.1, ..*x }, *to);
+    }
+    mv_batch(dev, p, &temp, false)?;
+    for (x, to) in moves {
+        let item = item_of(x, &dev.geo);
+        push(
+            &mut dev.actions,
+            Action::Moved {
+                item,
+                from: x.host,
+                to: *to,
+                len: u64::from(x.len),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Reclaims leaked space (see the module docs). `exts` are all live extents in host
+/// order, none overlapping another.
 fn compact<B: BlockIo>(dev: &mut Dev<'_, B>, exts: &[Ext]) -> Result<(), Error<B::Error>> {
     let cs = dev.geo.cluster_size();
     let mut p = Packing::new(exts, cs);
@@ -568,12 +641,11 @@ fn compact<B: BlockIo>(dev: &mut Dev<'_, B>, exts: &[Ext]) -> Result<(), Error<B
             break;
         }
         if let Some(slot) = p.first_fit(&e) {
-            mv(dev, &mut p, e, slot)?;
+            mv_batch(dev, &mut p, &[(e, slot)], true)?;
             continue;
         }
         // `e` fits no hole: move the extents below it into the holes, then move `e`
         // down over the space they left.
-        let mut progressed = false;
         while let Some(q) = p.pred(e.host) {
             let Some(slot) = (q.kind != ExtKind::Header)
                 .then(|| p.first_fit(&q))
@@ -581,28 +653,41 @@ fn compact<B: BlockIo>(dev: &mut Dev<'_, B>, exts: &[Ext]) -> Result<(), Error<B
             else {
                 break;
             };
-            mv(dev, &mut p, q, slot)?;
-            progressed = true;
+            mv_batch(dev, &mut p, &[(q, slot)], true)?;
         }
         let below = p.pred(e.host).map_or(0, |q| q.span_end());
-        let slot = align_up(below, align_of(&e, cs));
-        if slot < e.host && (progressed || p.whole(below, e.host)) {
-            mv_down(dev, &mut p, e, slot)?;
-            continue;
+        if !e.leaks_before(below, cs) {
+            break;
         }
-        break;
+        mv_down(dev, &mut p, &[(e, align_up(below, e.align(cs)))])?;
     }
-    // Whatever holes are left: pack every extent after the first one down in order.
+    // Whatever holes are left: pack every extent after the first one down in order,
+    // in batches.
     if let Some((&first, _)) = p.holes.first_key_value() {
         let mut cursor = first;
-        while let Some((_, &x)) = p.map.range(cursor..).next() {
-            let slot = align_up(cursor, align_of(&x, cs));
-            if p.whole(cursor, x.host) && slot < x.host {
-                mv_down(dev, &mut p, x, slot)?;
-                cursor = slot.saturating_add(x.span_end().saturating_sub(x.host));
-            } else {
-                cursor = x.span_end();
+        loop {
+            let mut moves: Vec<(Ext, u64)> = Vec::new();
+            let mut bytes = 0u64;
+            for (_, x) in p.map.range(cursor..) {
+                let slot = align_up(cursor, x.align(cs));
+                if slot >= x.host {
+                    if !moves.is_empty() {
+                        break;
+                    }
+                    cursor = cursor.max(x.span_end());
+                    continue;
+                }
+                push(&mut moves, (*x, slot))?;
+                cursor = slot.saturating_add(span(x));
+                bytes = bytes.saturating_add(u64::from(x.len));
+                if bytes >= BATCH_BYTES || moves.len() >= BATCH_EXTENTS {
+                    break;
+                }
             }
+            if moves.is_empty() {
+                break;
+            }
+            mv_down(dev, &mut p, &moves)?;
         }
     }
     // Drop the tail (keeping the L1 table's padding to 512 bytes when it is last).

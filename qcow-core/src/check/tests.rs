@@ -505,16 +505,18 @@ fn leaks_tail_and_holes() {
     let len = io.0.len() as u64;
     io.write_at(len, &vec![0xaau8; 2 * 4096 + 100]).unwrap();
     let r = check(&mut io).unwrap();
-    // 20992..24576 is padding of the last cluster; 24576.. is leaked (2 + a short one).
+    // Everything past the last extent leaks; 24576.. holds 2 whole clusters (the
+    // second one short).
     assert!(r.corruptions.is_empty());
     assert_eq!(
         r.leaks,
         [Leak {
-            offset: 24576,
-            len: len + 8292 - 24576,
+            offset: len,
+            len: 8292,
             clusters: 2
         }]
     );
+    assert_eq!((r.leaked_bytes, r.leaked_clusters), (8292, 2));
     assert_eq!(r.image_end_offset, len);
     let r = repair(&mut io, RepairMode::Leaks).unwrap();
     assert!(r.after.is_clean());
@@ -532,11 +534,13 @@ fn leaks_tail_and_holes() {
     set_l2(&mut io, 0, 2, 0);
     zero_cluster(&mut model, 2 * CS);
     let r = check(&mut io).unwrap();
+    // From the end of the compressed stream (8704 + 20) up to data 64: the padding
+    // before data 2 is part of the hole now.
     assert_eq!(
         r.leaks,
         [Leak {
-            offset: 12288,
-            len: 4096,
+            offset: 8724,
+            len: 16384 - 8724,
             clusters: 1
         }]
     );
@@ -574,4 +578,83 @@ fn huge_l1_is_refused_without_allocating() {
     h.size = 1 << 45; // 2^27 L1 entries: 1 GiB
     io.write_at(0, &h.encode()).unwrap();
     assert!(matches!(check(&mut io), Err(Error::L1OutOfFile { .. })));
+}
+
+#[test]
+fn dead_compressed_stream_leaks_inside_a_cluster() {
+    // Three compressed clusters back to back; a partial write over the middle one
+    // stores it plain elsewhere: its stream is dead between two live ones.
+    let mut img = open(fresh(12, 6));
+    for i in 0..3u8 {
+        img.write_compressed(u64::from(i) * CS, &[i + 1; 4096])
+            .unwrap();
+    }
+    let mut io = img.io().clone();
+    assert!(check(&mut io).unwrap().is_clean());
+    let g = header(&mut io).geometry();
+    let stream = match L2Entry(l2_get(&mut io, 0, 1)).decode(&g) {
+        Cluster::Compressed { host, len } => (host, len),
+        c => panic!("{c:?}"),
+    };
+    img.write_at(CS + 5, b"x").unwrap();
+    let (mut io, _) = img.into_parts();
+    let r = check(&mut io).unwrap();
+    assert!(r.corruptions.is_empty());
+    assert_eq!(
+        r.leaks,
+        [Leak {
+            offset: stream.0,
+            len: stream.1,
+            clusters: 0
+        }]
+    );
+    assert_eq!((r.leaked_bytes, r.leaked_clusters), (stream.1, 0));
+    let mut model = vec![0u8; SIZE as usize];
+    for i in 0..3u8 {
+        model[usize::from(i) * 4096..usize::from(i + 1) * 4096].fill(i + 1);
+    }
+    model[4096 + 5] = b'x';
+    let r = repair(&mut io, RepairMode::Leaks).unwrap();
+    assert!(r.after.is_clean(), "{:?}", r.after);
+    assert!(r.after.file_len <= r.before.file_len);
+    assert_eq!(read_all(&io), model);
+}
+
+#[test]
+fn padding_is_not_a_leak() {
+    // A backing name of 5 bytes: the L1 table at the next multiple of 8 (56), padded
+    // to 512 bytes; a plain cluster at the next cluster boundary.
+    let mut io = MemIo::default();
+    let opts = CreateOptions {
+        backing: Some(b"abcde"),
+        cluster_bits: Some(12),
+        ..CreateOptions::new(SIZE)
+    };
+    create(&mut io, &opts).unwrap();
+    assert_eq!(header(&mut io).l1_table_offset, 56);
+    let mut img = open(io);
+    img.write_at(0, &[1u8; 100]).unwrap();
+    let (mut io, _) = img.into_parts();
+    assert!(check(&mut io).unwrap().is_clean());
+    // Shift the L1 table by 8: the 11-byte gap after the name is a leak now.
+    let mut h = header(&mut io);
+    let mut l1 = vec![0u8; 8];
+    io.read_at(56, &mut l1).unwrap();
+    io.write_at(64, &l1).unwrap();
+    h.l1_table_offset = 64;
+    io.write_at(0, &h.encode()).unwrap();
+    let r = check(&mut io).unwrap();
+    assert_eq!(
+        r.leaks,
+        [Leak {
+            offset: 53,
+            len: 11,
+            clusters: 0
+        }]
+    );
+    let model = read_all(&io);
+    let r = repair(&mut io, RepairMode::Leaks).unwrap();
+    assert!(r.after.is_clean(), "{:?}", r.after);
+    assert_eq!(header(&mut io).l1_table_offset, 56);
+    assert_eq!(read_all(&io), model);
 }
