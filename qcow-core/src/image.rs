@@ -26,7 +26,8 @@ pub enum StatusKind {
         /// Host offset of the first byte.
         host: u64,
     },
-    /// Encrypted data at this host offset (QEMU's map reports it as compressed).
+    /// Encrypted data at this host offset (QEMU's map reports it as data with no
+    /// offset).
     Encrypted {
         /// Host offset of the first byte.
         host: u64,

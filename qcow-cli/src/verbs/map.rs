@@ -23,9 +23,9 @@ pub struct Extent {
     pub zero: bool,
     /// Whether it holds data.
     pub data: bool,
-    /// Whether it is compressed (or encrypted, as QEMU reports those).
+    /// Whether it is compressed.
     pub compressed: bool,
-    /// Host offset, for plain data.
+    /// Host offset, for plain data (absent for compressed and encrypted data).
     pub offset: Option<u64>,
 }
 
@@ -61,9 +61,10 @@ pub fn for_each_extent(
             StatusKind::Unallocated => (false, true, false, false, None),
             StatusKind::Data { host } => (true, false, true, false, Some(host)),
             StatusKind::Hole { host } => (true, true, false, false, Some(host)),
-            StatusKind::Encrypted { .. } | StatusKind::Compressed { .. } => {
-                (true, false, true, true, None)
-            }
+            // QEMU 10 reports encrypted clusters as data without an offset, not
+            // as compressed.
+            StatusKind::Encrypted { .. } => (true, false, true, false, None),
+            StatusKind::Compressed { .. } => (true, false, true, true, None),
         };
         let e = Extent {
             start: at,
@@ -163,7 +164,7 @@ pub fn run(file: &Path, format: Option<Format>, output: Output, out: &mut dyn Wr
                 }
             };
             for_each_extent(&mut disk, |e| {
-                if e.compressed {
+                if e.data && e.offset.is_none() {
                     return Err(err(
                         file,
                         "File contains external, encrypted or compressed clusters.",
