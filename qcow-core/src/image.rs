@@ -143,14 +143,27 @@ impl<E> Backing for NoBacking<E> {
 #[derive(Debug)]
 pub struct Raw<B> {
     io: B,
+    /// The device's length: bytes past it read as zeros.
+    len: u64,
+    /// The guest size: the length rounded up to 512, as QEMU counts whole sectors.
     size: u64,
 }
 
 impl<B: BlockIo> Raw<B> {
-    /// Wraps a device; its current length is the layer's size.
+    /// Wraps a device; its current length, rounded up to 512 bytes as QEMU does, is
+    /// the layer's size (the bytes past the device's end read as zeros).
     pub fn new(mut io: B) -> Result<Self, Error<B::Error>> {
-        let size = io.len()?;
-        Ok(Raw { io, size })
+        let len = io.len()?;
+        let size = len.checked_add(511).map_or(len, |v| v & !511);
+        Ok(Raw { io, len, size })
+    }
+    /// Writes `data` at `offset` on the device (which grows when the write reaches
+    /// past its end; the guest size does not change).
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error<B::Error>> {
+        self.io.write_at(offset, data)?;
+        let end = offset.saturating_add(data.len() as u64);
+        self.len = self.len.max(end);
+        Ok(())
     }
     /// The device.
     pub fn io(&mut self) -> &mut B {
@@ -175,7 +188,7 @@ impl<B: BlockIo> Backing for Raw<B> {
         self.size
     }
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error<B::Error>> {
-        let (inside, past) = split_at_size(offset, buf, self.size);
+        let (inside, past) = split_at_size(offset, buf, self.len);
         if !inside.is_empty() {
             self.io.read_at(offset, inside)?;
         }

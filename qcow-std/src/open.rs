@@ -328,9 +328,7 @@ impl Disk {
                         size,
                     })
                 } else {
-                    raw.io()
-                        .write_at(offset, data)
-                        .map_err(qcow_core::Error::Io)
+                    raw.write_at(offset, data)
                 }
             }
         };
