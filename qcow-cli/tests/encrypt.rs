@@ -446,3 +446,82 @@ fn compare_with_a_password() {
     let o = qcow(&[&"compare", &a, &model]);
     assert_fails(&o, 2, "compare without a password");
 }
+
+/// An encrypted overlay of a raw file: QEMU's and ours read, write and create alike.
+#[test]
+fn encrypted_overlay_of_a_raw_file() {
+    let dir = tmp();
+    let d = dir.path();
+    let mut rng = Rng::new(34);
+    let pw = d.join("pw");
+    write(&pw, b"overlay");
+    let base = d.join("base.raw");
+    write(&base, &mixed(&mut rng, 2 << 20));
+    let before = read(&base);
+    let create = |img: &Path| {
+        let o = qemu_img(&[
+            &"create",
+            &"-f",
+            &"qcow",
+            &"--object",
+            &secret_object(&pw),
+            &"-o",
+            &"encrypt.format=aes,encrypt.key-secret=s0",
+            &"-b",
+            &"base.raw",
+            &"-F",
+            &"raw",
+            &img,
+            &"3M",
+        ]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+    };
+    let theirs = d.join("theirs.qcow");
+    create(&theirs);
+    let ours = d.join("ours.qcow");
+    qcow_ok(&[
+        &"create",
+        &"--encrypt",
+        &"--password-file",
+        &pw,
+        &"-b",
+        &"base.raw",
+        &"-F",
+        &"raw",
+        &ours,
+        &"3M",
+    ]);
+    assert_bytes_eq(&read(&ours), &read(&theirs), "encrypted overlay create");
+
+    qemu_io_enc(
+        &theirs,
+        &pw,
+        &[
+            "write -P 0x17 1000 3000".into(),
+            "write -z 500000 1000".into(),
+            "write -P 0x18 2000000 200000".into(),
+        ],
+    );
+    let want = qemu_decrypted(&theirs, &pw, d);
+    check_reads(
+        &theirs,
+        None,
+        &want,
+        Some(&pw),
+        &mut rng,
+        "encrypted overlay",
+    );
+
+    let mut model = want;
+    for _ in 0..30 {
+        let len = 1 + rng.below(9000);
+        let at = rng.below(model.len() as u64 - len);
+        let data = rng.bytes(len as usize);
+        qcow_write(&theirs, &pw, at, &data);
+        model[at as usize..(at + len) as usize].copy_from_slice(&data);
+    }
+    let m = d.join("model.raw");
+    write(&m, &model);
+    assert_qemu_decrypts_to(&theirs, &pw, &m, "our writes into an encrypted overlay");
+    assert!(read(&base) == before, "the backing file was modified");
+}
