@@ -163,6 +163,81 @@ pub struct Leak {
     pub clusters: u64,
 }
 
+impl core::fmt::Display for Reference {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{} at host offset {} ({} bytes; L1 index {}",
+            self.kind, self.host, self.len, self.l1_index
+        )?;
+        if let Some(j) = self.l2_index {
+            write!(f, ", L2 index {j}")?;
+        }
+        write!(f, ", guest offset {})", self.guest)
+    }
+}
+
+impl core::fmt::Display for Region {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Region::Header => "the header",
+            Region::BackingName => "the backing file name",
+            Region::L1Table => "the L1 table",
+        })
+    }
+}
+
+impl core::fmt::Display for Corruption {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Corruption::PastEof {
+                reference,
+                file_len,
+            } => {
+                write!(
+                    f,
+                    "{reference} reaches past the end of the {file_len}-byte file"
+                )
+            }
+            Corruption::Misaligned { reference, align } => {
+                write!(f, "{reference} is not aligned to {align} bytes")
+            }
+            Corruption::OverlapsMetadata { reference, region } => {
+                write!(f, "{reference} overlaps {region}")
+            }
+            Corruption::Overlap { reference, other } => write!(f, "{reference} overlaps {other}"),
+            Corruption::Compressed { reference, error } => match error {
+                CompressedError::Empty => write!(f, "{reference} has length zero"),
+                CompressedError::Invalid => write!(f, "{reference} is not a valid deflate stream"),
+                CompressedError::Short(n) => {
+                    write!(f, "{reference} inflates to {n} bytes, less than a cluster")
+                }
+            },
+            Corruption::BeyondSize { reference, size } => {
+                write!(
+                    f,
+                    "{reference} maps guest bytes past the virtual size {size}"
+                )
+            }
+            Corruption::MetadataOverlap { region, other } => write!(f, "{region} overlaps {other}"),
+        }
+    }
+}
+
+impl core::fmt::Display for Leak {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{} bytes leaked at host offset {}",
+            self.len, self.offset
+        )?;
+        if self.clusters > 0 {
+            write!(f, " ({} whole clusters)", self.clusters)?;
+        }
+        Ok(())
+    }
+}
+
 /// What [`check`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {

@@ -13,7 +13,8 @@
 //! # Features
 //! - `alloc` (default): the write path ([`write`]: `Image::write_at`,
 //!   `Image::write_compressed`, [`write::create`], [`write::Writer`]), the compressor
-//!   ([`cluster::Deflater`]), [`check`], and the in-memory device [`io::MemIo`].
+//!   ([`cluster::Deflater`]), [`check`], [`maint`] (repair, resize, rebase), and the
+//!   in-memory device [`io::MemIo`].
 //!
 //! # Stricter than QEMU
 //! Where QEMU reads zeros, we report a [`Error::BadReference`]: an L2 table, data

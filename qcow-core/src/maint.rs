@@ -91,6 +91,33 @@ pub enum Action {
     },
 }
 
+impl core::fmt::Display for Item {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Item::L1Table => f.write_str("the L1 table"),
+            Item::BackingName => f.write_str("the backing file name"),
+            Item::Reference(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+impl core::fmt::Display for Action {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Action::Dropped { corruption } => write!(f, "dropped: {corruption}"),
+            Action::Copied { corruption, to } => {
+                write!(f, "copied to host offset {to}: {corruption}")
+            }
+            Action::Moved { item, from, to, .. } => {
+                write!(f, "moved {item} from host offset {from} to {to}")
+            }
+            Action::Truncated { from, to } => {
+                write!(f, "truncated the file from {from} to {to} bytes")
+            }
+        }
+    }
+}
+
 /// What [`repair`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepairReport {
@@ -207,12 +234,6 @@ impl<'a, B: BlockIo> Dev<'a, B> {
         self.flush()
     }
 
-    /// Points the pointer of `x` at `host` (0 drops a reference), then flushes.
-    fn point(&mut self, x: &Ext, host: u64) -> Result<(), Error<B::Error>> {
-        self.set_pointer(x, host)?;
-        self.flush()
-    }
-
     /// Where the pointer to a reference extent is stored.
     fn pointer(&self, x: &Ext) -> Option<u64> {
         let l1o = self.header.l1_table_offset;
@@ -260,13 +281,6 @@ impl<'a, B: BlockIo> Dev<'a, B> {
             }
         }
         Ok(())
-    }
-
-    /// Copies `x` to `to`, flushes, then switches its pointer: the crash-safe move.
-    fn relocate(&mut self, x: &Ext, to: u64) -> Result<(), Error<B::Error>> {
-        self.copy(x.host, to, u64::from(x.len))?;
-        self.flush()?;
-        self.point(x, to)
     }
 
     /// Where an extent of `align` goes at the end of the file.
@@ -410,25 +424,44 @@ fn fix_corruptions<B: BlockIo>(
         .map_err(|_| Error::OutOfMemory)?;
     steps.extend(plan.into_values());
     steps.sort_by_key(|(x, f, _)| (x.kind != ExtKind::L2Table, *f, x.l1, x.l2));
-    // Table drops come first, in L1 order.
+    // Four batches (table drops, table copies, entry drops, entry copies), each
+    // written, then flushed once; a copy is flushed before its pointer switches.
     let mut dropped_tables: Vec<u32> = Vec::new();
-    for (x, fix, c) in steps {
-        if x.kind != ExtKind::L2Table && dropped_tables.binary_search(&x.l1).is_ok() {
-            continue;
-        }
-        match fix {
-            Fix::Drop => {
-                dev.point(&x, 0)?;
-                if x.kind == ExtKind::L2Table {
-                    push(&mut dropped_tables, x.l1)?;
-                }
-                push(actions, Action::Dropped { corruption: c })?;
-            }
-            Fix::Copy => {
+    let mut rest = &steps[..];
+    while let Some((x0, f0, _)) = rest.first() {
+        let phase = (x0.kind == ExtKind::L2Table, *f0);
+        let n = rest
+            .iter()
+            .position(|(x, f, _)| (x.kind == ExtKind::L2Table, *f) != phase)
+            .unwrap_or(rest.len());
+        let (group, tail) = rest.split_at(n);
+        rest = tail;
+        let live =
+            |x: &Ext| x.kind == ExtKind::L2Table || dropped_tables.binary_search(&x.l1).is_err();
+        let mut copies: Vec<(Ext, u64)> = Vec::new();
+        for (x, fix, c) in group.iter().filter(|(x, ..)| live(x)) {
+            if *fix == Fix::Drop {
+                dev.set_pointer(x, 0)?;
+                push(actions, Action::Dropped { corruption: *c })?;
+            } else {
                 let to = dev.append_pos(x.align(cs));
-                dev.relocate(&x, to)?;
-                push(actions, Action::Copied { corruption: c, to })?;
+                dev.copy(x.host, to, u64::from(x.len))?;
+                push(&mut copies, (*x, to))?;
+                push(actions, Action::Copied { corruption: *c, to })?;
             }
+        }
+        dev.flush()?;
+        for (x, to) in &copies {
+            dev.set_pointer(x, *to)?;
+        }
+        if !copies.is_empty() {
+            dev.flush()?;
+        }
+        if phase == (true, Fix::Drop) {
+            dropped_tables
+                .try_reserve(group.len())
+                .map_err(|_| Error::OutOfMemory)?;
+            dropped_tables.extend(group.iter().map(|(x, ..)| x.l1));
         }
     }
     Ok(true)
@@ -513,10 +546,12 @@ impl Packing {
         self.map.insert(x.host, x);
     }
 
-    /// The lowest place in a hole below `x` where `x` fits.
-    fn first_fit(&self, x: &Ext) -> Option<u64> {
+    /// The lowest place in a hole below `x` where `x` fits; each hole looked at
+    /// spends one of `budget`.
+    fn first_fit(&self, x: &Ext, budget: &mut u64) -> Option<u64> {
         let align = x.align(self.cs);
         self.holes.range(..x.host).find_map(|(&s, &e)| {
+            *budget = budget.checked_sub(1)?;
             let slot = align_up(s, align);
             (slot.saturating_add(span(x)) <= e).then_some(slot)
         })
@@ -541,13 +576,11 @@ impl Packing {
     }
 }
 
-/// Moves the extents to their places, each `(extent, place)` free or past the end:
-/// copies all, flushes, switches all pointers, flushes; records the moves.
-fn mv_batch<B: BlockIo>(
+/// Writes moves: copies every extent to its place (free, or past the end), flushes,
+/// switches every pointer, flushes.
+fn write_batch<B: BlockIo>(
     dev: &mut Dev<'_, B>,
-    p: &mut Packing,
     moves: &[(Ext, u64)],
-    record: bool,
 ) -> Result<(), Error<B::Error>> {
     for (x, to) in moves {
         dev.copy(x.host, *to, u64::from(x.len))?;
@@ -566,22 +599,40 @@ fn mv_batch<B: BlockIo>(
             dev.set_pointer(x, *to)?;
         }
     }
-    dev.flush()?;
+    dev.flush()
+}
+
+/// Records moves in the action list.
+fn record<B: BlockIo>(dev: &mut Dev<'_, B>, moves: &[(Ext, u64)]) -> Result<(), Error<B::Error>> {
+    for (x, to) in moves {
+        let item = item_of(x, &dev.geo);
+        push(
+            &mut dev.actions,
+            Action::Moved {
+                item,
+                from: x.host,
+                to: *to,
+                len: u64::from(x.len),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Moves the extents to their places ([`write_batch`]) and updates the packing.
+fn mv_batch<B: BlockIo>(
+    dev: &mut Dev<'_, B>,
+    p: &mut Packing,
+    moves: &[(Ext, u64)],
+    recorded: bool,
+) -> Result<(), Error<B::Error>> {
+    write_batch(dev, moves)?;
     for (x, to) in moves {
         p.remove(x.host);
         p.insert(Ext { host: *to, ..*x });
-        if record {
-            let item = item_of(x, &dev.geo);
-            push(
-                &mut dev.actions,
-                Action::Moved {
-                    item,
-                    from: x.host,
-                    to: *to,
-                    len: u64::from(x.len),
-                },
-            )?;
-        }
+    }
+    if recorded {
+        record(dev, moves)?;
     }
     #[cfg(test)]
     p.validate();
@@ -635,24 +686,42 @@ fn mv_down<B: BlockIo>(
 fn compact<B: BlockIo>(dev: &mut Dev<'_, B>, exts: &[Ext]) -> Result<(), Error<B::Error>> {
     let cs = dev.geo.cluster_size();
     let mut p = Packing::new(exts, cs);
-    // Fill the holes with the extents at the end of the file.
-    while let Some(e) = p.last() {
-        if e.kind == ExtKind::Header || p.holes.is_empty() {
-            break;
+    // Fill the holes with the extents at the end of the file, in batches: the last
+    // extent goes to the lowest hole it fits, again and again. The space it leaves is
+    // the tail, never a hole, so no later move of a batch lands on it before the batch
+    // switches. Searching holes has a budget; past it, the packing below takes over.
+    let mut budget: u64 = 1 << 22;
+    loop {
+        let mut moves: Vec<(Ext, u64)> = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(e) = p.last() {
+            if e.kind == ExtKind::Header || moves.len() >= BATCH_EXTENTS || bytes >= BATCH_BYTES {
+                break;
+            }
+            let Some(slot) = p.first_fit(&e, &mut budget) else {
+                break;
+            };
+            p.remove(e.host);
+            p.insert(Ext { host: slot, ..e });
+            push(&mut moves, (e, slot))?;
+            bytes = bytes.saturating_add(u64::from(e.len));
         }
-        if let Some(slot) = p.first_fit(&e) {
-            mv_batch(dev, &mut p, &[(e, slot)], true)?;
+        if !moves.is_empty() {
+            write_batch(dev, &moves)?;
+            record(dev, &moves)?;
+            #[cfg(test)]
+            p.validate();
             continue;
+        }
+        let Some(e) = p.last() else { break };
+        if e.kind == ExtKind::Header || p.holes.is_empty() || budget == 0 {
+            break;
         }
         // `e` fits no hole: move the extents below it into the holes, then move `e`
         // down over the space they left.
         while let Some(q) = p.pred(e.host) {
-            let Some(slot) = (q.kind != ExtKind::Header)
-                .then(|| p.first_fit(&q))
-                .flatten()
-            else {
-                break;
-            };
+            let fit = (q.kind != ExtKind::Header).then(|| p.first_fit(&q, &mut budget));
+            let Some(slot) = fit.flatten() else { break };
             mv_batch(dev, &mut p, &[(q, slot)], true)?;
         }
         let below = p.pred(e.host).map_or(0, |q| q.span_end());

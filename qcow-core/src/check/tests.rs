@@ -658,3 +658,28 @@ fn padding_is_not_a_leak() {
     assert_eq!(header(&mut io).l1_table_offset, 56);
     assert_eq!(read_all(&io), model);
 }
+
+#[test]
+fn messages() {
+    let (mut io, _) = base();
+    set_l2(&mut io, 0, 5, 4096);
+    let r = check(&mut io).unwrap();
+    assert_eq!(
+        std::format!("{}", r.corruptions[0]),
+        "data cluster at host offset 4096 (4096 bytes; L1 index 0, L2 index 5, guest offset 20480) \
+         overlaps data cluster at host offset 4096 (4096 bytes; L1 index 0, L2 index 0, guest offset 0)"
+    );
+    let r = repair(&mut io, RepairMode::All).unwrap();
+    assert!(
+        std::format!("{}", r.actions[0]).starts_with("copied to host offset 24576: data cluster")
+    );
+    let l = Leak {
+        offset: 100,
+        len: 9000,
+        clusters: 2,
+    };
+    assert_eq!(
+        std::format!("{l}"),
+        "9000 bytes leaked at host offset 100 (2 whole clusters)"
+    );
+}

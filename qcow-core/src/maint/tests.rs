@@ -745,3 +745,42 @@ fn faults_rebase() {
         },
     );
 }
+
+#[test]
+fn faults_repair_packing_dead_streams() {
+    // Compressed clusters in two tables' ranges, then partial writes over three early
+    // ones: their streams die, plain clusters land at the end. No extent at the end
+    // fits the small holes, so everything after the first one is packed down (through
+    // copies past the end, tables moving with their entries).
+    let mut ops = Vec::new();
+    for i in 0..30u64 {
+        let at = (i % 15) * 4096 + (i / 15) * (256 << 10);
+        ops.push((at, pattern(i as u32 + 50, 4096), true));
+    }
+    let (start, mut model) = written(new_image(1 << 20, 12, 6, None), &ops);
+    let mut img = open(start);
+    for at in [4096u64, 8192, 256 << 10] {
+        img.write_at(at + 100, b"partial").unwrap();
+        model[at as usize + 100..at as usize + 107].copy_from_slice(b"partial");
+    }
+    let start = img.into_parts().0;
+    let before = check(&mut start.clone()).unwrap();
+    // The dead streams of clusters 1 and 2 are adjacent; cluster 64's lies before
+    // table 1's cluster boundary, where it counts as padding. No whole cluster frees.
+    assert_eq!(before.leaks.len(), 1, "{before:?}");
+    assert_eq!(before.leaked_clusters, 0);
+    let mut io = start.clone();
+    let r = repair(&mut io, RepairMode::Leaks).unwrap();
+    assert!(r.after.is_clean(), "{:?}", r.after);
+    assert!(r.actions.len() > 30, "{:?}", r.actions);
+    assert!(r.after.file_len < before.file_len);
+    assert_eq!(content(&io), model);
+    inject(
+        "repair packing",
+        &start,
+        |d| repair(d, RepairMode::Leaks).map(|_| ()),
+        |io, _, what| {
+            judge(io, &[&model], none, what);
+        },
+    );
+}
