@@ -142,6 +142,7 @@ pub fn run(verb: Verb, out: &mut dyn Write) -> VerbResult {
             compress,
             password_file.as_deref(),
             &mut std::io::stdin().lock(),
+            write::stdin_len(),
         ),
     }
 }

@@ -10,7 +10,31 @@ use crate::common::{err, open_disk, parse_size, CliError, VerbResult};
 /// Bytes taken from stdin at a time (a multiple of every cluster size).
 const CHUNK: usize = 4 << 20;
 
-/// Runs `write`, taking the data from `input`.
+/// The bytes left to read on stdin when it is a regular file (`< FILE`), so that a
+/// write reaching past the end can be refused before anything is written.
+pub fn stdin_len() -> Option<u64> {
+    use std::io::Seek;
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+    let mut f = std::fs::File::from(fd);
+    let m = f.metadata().ok()?;
+    if !m.is_file() {
+        return None;
+    }
+    let pos = f.stream_position().ok()?;
+    Some(m.len().saturating_sub(pos))
+}
+
+fn past_end(file: &Path, at: u64, n: u64, size: u64) -> CliError {
+    err(
+        file,
+        format!("write at offset {at} of {n} bytes reaches past the virtual size {size}"),
+    )
+}
+
+/// Runs `write`, taking the data from `input`; `input_len`, when known, is checked
+/// against the virtual size first (otherwise each chunk is checked before it is
+/// written, so a piped stream too long for the image is cut after whole chunks).
 pub fn run(
     file: &Path,
     format: Option<Format>,
@@ -18,10 +42,16 @@ pub fn run(
     compress: bool,
     password: Option<&Path>,
     input: &mut dyn Read,
+    input_len: Option<u64>,
 ) -> VerbResult {
     let offset = parse_size(offset).map_err(|e| err(file, format!("offset: {e}")))?;
     let mut disk = open_disk(file, format, password, true)?;
     let size = disk.size();
+    if let Some(n) = input_len.filter(|&n| n > 0) {
+        if offset.checked_add(n).is_none_or(|e| e > size) {
+            return Err(past_end(file, offset, n, size));
+        }
+    }
     let mut buf = vec![0u8; CHUNK];
     let mut at = offset;
     loop {
@@ -30,10 +60,7 @@ pub fn run(
             break;
         }
         if at.checked_add(n as u64).is_none_or(|e| e > size) {
-            return Err(err(
-                file,
-                format!("write at offset {at} of {n} bytes reaches past the virtual size {size}"),
-            ));
+            return Err(past_end(file, at, n as u64, size));
         }
         write_chunk(&mut disk, at, &buf[..n], compress)?;
         at += n as u64;
