@@ -300,6 +300,36 @@ fn random_writes_on_our_images() {
     qcow_ok(&[&"create", &img, &size.to_string()]);
     let mut model = vec![0u8; size as usize];
     random_writes(&img, &mut model, 300, 4096, 2 << 20, &mut rng);
+    // Writes reaching past the end are refused and change nothing: piped (up to a
+    // chunk of 4 MiB), or from a file of any length.
+    let before = read(&img);
+    let input = d.join("input.bin");
+    for (at, len) in [
+        (size - 1, 2),
+        (size, 1),
+        (size + 4096, 10),
+        (size - (4 << 20) + 1, 4 << 20),
+    ] {
+        let o = qcow_stdin(&[&"write", &img, &at.to_string()], &vec![0xee; len]);
+        assert_fails(&o, 1, &format!("write at {at} of {len} bytes"));
+        assert!(read(&img) == before, "a refused write changed the image");
+    }
+    for (at, len) in [
+        (size - 1, 2),
+        (0, size as usize + 1),
+        ((1 << 20) + 1, 5 << 20),
+    ] {
+        write(&input, &vec![0xee; len]);
+        let o = qcow_stdin_file(&[&"write", &img, &at.to_string()], &input);
+        assert_fails(&o, 1, &format!("write < file at {at} of {len} bytes"));
+        assert!(read(&img) == before, "a refused write changed the image");
+    }
+    write(&input, &vec![0x5c; 1 << 20]);
+    let o = qcow_stdin_file(&[&"write", &img, &(size - (1 << 20)).to_string()], &input);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    model[(size - (1 << 20)) as usize..].fill(0x5c);
+    write(&input, &model);
+    assert_identical(&input, &img, "write < file");
 
     // Converted compressed by us from mixed data: writes land on compressed clusters.
     let src = d.join("src.raw");

@@ -101,6 +101,21 @@ pub fn qcow_in(cwd: &Path, args: &Args) -> Out {
     run_prog(qcow_bin(), args, None, Some(cwd))
 }
 
+/// Runs `qcow ARGS` with the regular file `stdin` as its standard input (`< FILE`).
+pub fn qcow_stdin_file(args: &Args, stdin: &Path) -> Out {
+    let mut cmd = Command::new(qcow_bin());
+    for a in args {
+        cmd.arg(a.as_ref());
+    }
+    let f = std::fs::File::open(stdin).expect("open stdin file");
+    let o = cmd.stdin(f).output().expect("run qcow");
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: o.stdout,
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
 /// Runs `qcow ARGS` with `stdin` as its standard input.
 pub fn qcow_stdin(args: &Args, stdin: &[u8]) -> Out {
     run_prog(qcow_bin(), args, Some(stdin), None)
