@@ -11,8 +11,10 @@
 //! overlapping the header, the backing file name or the L1 table, two references
 //! sharing bytes (in host order the later one is reported, naming the one it
 //! overlaps, except that an L2 table is reported rather than the data it overlaps: the
-//! reported one is what a repair copies elsewhere), a compressed stream that does not inflate to exactly one cluster, and
-//! an entry mapping guest bytes past the virtual size.
+//! reported one is what a repair copies elsewhere), a compressed stream that is
+//! empty, invalid or inflates to less than one cluster (one that would inflate past a
+//! cluster is accepted, as QEMU reads its first cluster), and an entry mapping guest
+//! bytes past the virtual size.
 //!
 //! The entries of an L2 table are walked only when the table lies inside the file,
 //! clear of the metadata and of every other L2 table; so the references found are at
