@@ -464,13 +464,98 @@ pub fn write(data: &[u8]) {
             got[i], model[i]
         );
     }
-    // The file is ours: every reference in it must hold up.
-    let len = img.io().len().expect("len");
-    for guest in (0..size as u64).step_by(cs) {
-        match img.lookup(guest).expect("lookup") {
-            Cluster::Plain { host } => assert!(host + cs as u64 <= len),
-            Cluster::Compressed { host, len: n } => assert!(host + n <= len),
-            Cluster::Unallocated => {}
+    // The file is ours: `check` must find no corruption in it.
+    let report = qcow_core::check::check(img.io()).expect("check our image");
+    assert!(report.corruptions.is_empty(), "{:?}", report.corruptions);
+}
+
+/// Reads guest cluster `at` (or what is left of the image there).
+fn read_cluster<K: Backing<IoError = E>>(
+    img: &mut Image<SliceIo<'_>, K, Vec<u8>>,
+    at: u64,
+) -> Result<Vec<u8>, Error<E>> {
+    let n = img.geometry().cluster_size().min(img.size() - at) as usize;
+    let mut buf = vec![0u8; n];
+    no_io(img.read_at(at, &mut buf)).map(|()| buf)
+}
+
+/// The guest offsets of the first clusters worth reading: every cluster, skipping
+/// unallocated L2 spans, at most `max`.
+fn clusters(img: &mut Image<SliceIo<'_>, NoBacking<E>, Vec<u8>>, max: usize) -> Vec<u64> {
+    let (size, cs) = (img.size(), img.geometry().cluster_size());
+    let mut v = Vec::new();
+    let mut at = 0u64;
+    while at < size && v.len() < max {
+        v.push(at);
+        at = match no_io(img.extent(at, size - at)) {
+            Ok((Cluster::Unallocated, len)) if len > cs => (at + len) / cs * cs,
+            _ => at + cs,
+        };
+    }
+    v
+}
+
+/// `check::check` on arbitrary bytes, held to agree with the reader; then
+/// `maint::repair` (all) on a copy: afterwards the image must check clean (but for
+/// what cannot be repaired) and every cluster that read before reads the same.
+pub fn check(data: &[u8]) {
+    let report = match no_io(qcow_core::check::check(&mut SliceIo(data))) {
+        Ok(r) => r,
+        Err(e) => {
+            if !matches!(e, Error::OutOfMemory) {
+                let opens = open(data, NoBacking::new()).is_some();
+                assert!(!opens, "check fails ({e:?}) on an image the reader opens");
+            }
+            return;
+        }
+    };
+    let Some(mut img) = open(data, NoBacking::new()) else {
+        panic!("check accepted a header the reader refuses");
+    };
+    img.set_secret(b"fuzz").expect("secret");
+    let mut before = Vec::new();
+    for at in clusters(&mut img, 512) {
+        let r = read_cluster(&mut img, at);
+        if let Err(e) = &r {
+            assert!(
+                !report.corruptions.is_empty(),
+                "the reader fails at {at} ({e:?}) but check finds nothing"
+            );
+        }
+        before.push((at, r));
+    }
+    if report.corruptions.is_empty() {
+        for (at, r) in &before {
+            assert!(
+                r.is_ok(),
+                "check finds nothing but reading {at} fails: {r:?}"
+            );
+        }
+    }
+    let mut mem = MemIo(data.to_vec());
+    let rep = match qcow_core::maint::repair(&mut mem, qcow_core::maint::RepairMode::All) {
+        Ok(rep) => rep,
+        Err(Error::Io(e)) => panic!("repair: device error {e:?}"),
+        Err(_) => return,
+    };
+    assert_eq!(rep.before, report);
+    let again = qcow_core::check::check(&mut mem).expect("a repaired image checks");
+    assert_eq!(again, rep.after);
+    assert!(
+        again
+            .corruptions
+            .iter()
+            .all(|c| matches!(c, qcow_core::check::Corruption::MetadataOverlap { .. })),
+        "left after repair: {:?}",
+        again.corruptions
+    );
+    let fixed = mem.0;
+    let mut img = open(&fixed, NoBacking::new()).expect("a repaired image opens");
+    img.set_secret(b"fuzz").expect("secret");
+    for (at, r) in before {
+        if let Ok(old) = r {
+            let new = read_cluster(&mut img, at).expect("a healthy cluster reads after repair");
+            assert!(old == new, "repair changed guest cluster {at}");
         }
     }
 }

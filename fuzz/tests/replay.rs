@@ -12,6 +12,7 @@ const TARGETS: &[(&str, Harness)] = &[
     ("read", qcow_fuzz::read),
     ("inflate", qcow_fuzz::inflate),
     ("write", qcow_fuzz::write),
+    ("check", qcow_fuzz::check),
 ];
 
 fn inputs(dir: &Path, seeds_only: bool) -> Vec<std::path::PathBuf> {
