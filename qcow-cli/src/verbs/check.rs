@@ -1,28 +1,208 @@
-//! `qcow check`: verify (and repair) an image's structure.
+//! `qcow check`: verify (and repair) an image's structure (qemu-img refuses qcow).
 
 use std::io::Write;
 use std::path::Path;
 
+use qcow_core::check::{check, Report};
+use qcow_core::maint::{repair, RepairMode as CoreMode};
+use qcow_std::file::FileIo;
 use qcow_std::Format;
 
-use crate::common::{err, Output, VerbResult};
+use crate::common::{err, json_str, CliError, Output, VerbResult};
 
 /// What `-r` repairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RepairMode {
     /// Reclaim leaked space.
     Leaks,
-    /// Also drop bad references, then reclaim.
+    /// Also drop or copy bad references, then reclaim.
     All,
+}
+
+/// Exit status of a report: 0 clean, 2 corruptions, 3 only leaks.
+pub fn status(r: &Report) -> u8 {
+    if !r.corruptions.is_empty() {
+        2
+    } else if !r.leaks.is_empty() {
+        3
+    } else {
+        0
+    }
 }
 
 /// Runs `check`.
 pub fn run(
     file: &Path,
-    _format: Option<Format>,
-    _repair: Option<RepairMode>,
-    _output: Output,
-    _out: &mut dyn Write,
+    format: Option<Format>,
+    repair_mode: Option<RepairMode>,
+    output: Output,
+    out: &mut dyn Write,
 ) -> VerbResult {
-    Err(err(file, "check is not implemented yet"))
+    let format = match format {
+        Some(f) => f,
+        None => qcow_std::probe(file)?,
+    };
+    if format != Format::Qcow {
+        return Err(err(file, "check needs a qcow image (this one is raw)"));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(repair_mode.is_some())
+        .open(file)
+        .map_err(|e| err(file, e))?;
+    let mut io = FileIo::new(f);
+    let core_err = |e| CliError::from(qcow_std::Error::image(file, e));
+    let w = |e: std::io::Error| CliError(format!("cannot write output: {e}"));
+    let (report, repaired) = match repair_mode {
+        None => (check(&mut io).map_err(core_err)?, None),
+        Some(m) => {
+            let mode = match m {
+                RepairMode::Leaks => CoreMode::Leaks,
+                RepairMode::All => CoreMode::All,
+            };
+            let r = repair(&mut io, mode).map_err(core_err)?;
+            (r.after.clone(), Some(r))
+        }
+    };
+    match output {
+        Output::Human => {
+            if let Some(r) = &repaired {
+                if !r.actions.is_empty() {
+                    writeln!(
+                        out,
+                        "The following inconsistencies were found and repaired:\n"
+                    )
+                    .map_err(w)?;
+                    writeln!(out, "    {} leaked clusters", r.leaks_fixed()).map_err(w)?;
+                    writeln!(out, "    {} corruptions\n", r.corruptions_fixed()).map_err(w)?;
+                    for a in &r.actions {
+                        writeln!(out, "Repaired: {a}").map_err(w)?;
+                    }
+                    writeln!(out, "\nDouble checking the fixed image now...").map_err(w)?;
+                }
+            }
+            human(&report, out).map_err(w)?;
+        }
+        Output::Json => json(file, &report, repaired.as_ref(), out).map_err(w)?,
+    }
+    Ok(status(&report))
+}
+
+fn human(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+    for c in &r.corruptions {
+        writeln!(out, "ERROR {c}")?;
+    }
+    for l in &r.leaks {
+        writeln!(out, "Leaked: {l}")?;
+    }
+    if r.is_clean() {
+        writeln!(out, "No errors were found on the image.")?;
+    }
+    if !r.corruptions.is_empty() {
+        writeln!(
+            out,
+            "\n{} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.",
+            r.corruptions.len()
+        )?;
+    }
+    if !r.leaks.is_empty() {
+        writeln!(
+            out,
+            "\n{} leaked clusters ({} bytes) were found on the image.\nThis means waste of disk space, but no harm to data.",
+            r.leaked_clusters, r.leaked_bytes
+        )?;
+    }
+    if r.total_clusters > 0 {
+        let pct = |n: u64, d: u64| {
+            if d == 0 {
+                0.0
+            } else {
+                n as f64 * 100.0 / d as f64
+            }
+        };
+        writeln!(
+            out,
+            "{}/{} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters",
+            r.allocated_clusters,
+            r.total_clusters,
+            pct(r.allocated_clusters, r.total_clusters),
+            pct(r.fragmented_clusters, r.allocated_clusters),
+            pct(r.compressed_clusters, r.allocated_clusters)
+        )?;
+    }
+    writeln!(out, "Image end offset: {}", r.image_end_offset)
+}
+
+fn json(
+    file: &Path,
+    r: &Report,
+    repaired: Option<&qcow_core::maint::RepairReport>,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let mut problems: Vec<String> = Vec::new();
+    for c in &r.corruptions {
+        let (host, len) = c
+            .reference()
+            .map_or((None, None), |x| (Some(x.host), Some(x.len)));
+        let mut s = format!(
+            "{{ \"type\": \"corruption\", \"message\": {}",
+            json_str(&c.to_string())
+        );
+        if let (Some(h), Some(l)) = (host, len) {
+            s.push_str(&format!(", \"offset\": {h}, \"length\": {l}"));
+        }
+        s.push_str(" }");
+        problems.push(s);
+    }
+    for l in &r.leaks {
+        problems.push(format!(
+            "{{ \"type\": \"leak\", \"message\": {}, \"offset\": {}, \"length\": {} }}",
+            json_str(&l.to_string()),
+            l.offset,
+            l.len
+        ));
+    }
+    let mut fields = vec![
+        format!("    \"image-end-offset\": {}", r.image_end_offset),
+        format!("    \"total-clusters\": {}", r.total_clusters),
+        "    \"check-errors\": 0".to_string(),
+        format!("    \"leaks\": {}", r.leaked_clusters),
+        format!("    \"leaked-bytes\": {}", r.leaked_bytes),
+        format!("    \"corruptions\": {}", r.corruptions.len()),
+        format!("    \"allocated-clusters\": {}", r.allocated_clusters),
+        format!(
+            "    \"filename\": {}",
+            json_str(&file.display().to_string())
+        ),
+        "    \"format\": \"qcow\"".to_string(),
+        format!("    \"fragmented-clusters\": {}", r.fragmented_clusters),
+        format!("    \"compressed-clusters\": {}", r.compressed_clusters),
+    ];
+    if let Some(rep) = repaired {
+        fields.push(format!("    \"leaks-fixed\": {}", rep.leaks_fixed()));
+        fields.push(format!(
+            "    \"corruptions-fixed\": {}",
+            rep.corruptions_fixed()
+        ));
+        let actions: Vec<String> = rep
+            .actions
+            .iter()
+            .map(|a| format!("        {}", json_str(&a.to_string())))
+            .collect();
+        fields.push(format!(
+            "    \"repairs\": [\n{}\n    ]",
+            actions.join(",\n")
+        ));
+    }
+    fields.push(format!(
+        "    \"problems\": [{}{}{}]",
+        if problems.is_empty() {
+            ""
+        } else {
+            "\n        "
+        },
+        problems.join(",\n        "),
+        if problems.is_empty() { "" } else { "\n    " }
+    ));
+    writeln!(out, "{{\n{}\n}}", fields.join(",\n"))
 }

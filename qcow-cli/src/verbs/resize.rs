@@ -1,11 +1,67 @@
-//! `qcow resize`: change the virtual size.
+//! `qcow resize`: change the virtual size (qemu-img refuses qcow).
 
 use std::io::Write;
 use std::path::Path;
 
-use crate::common::{err, VerbResult};
+use qcow_core::maint::resize;
+use qcow_std::file::FileIo;
+use qcow_std::Format;
 
-/// Runs `resize`.
-pub fn run(file: &Path, _size: &str, _shrink: bool, _out: &mut dyn Write) -> VerbResult {
-    Err(err(file, "resize is not implemented yet"))
+use crate::common::{err, parse_size, CliError, VerbResult};
+
+/// Runs `resize`: SIZE, +SIZE or -SIZE.
+pub fn run(file: &Path, size: &str, shrink: bool, out: &mut dyn Write) -> VerbResult {
+    let format = qcow_std::probe(file)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .map_err(|e| err(file, e))?;
+    let mut io = FileIo::new(f);
+    let current = match format {
+        Format::Qcow => {
+            qcow_core::image::read_header(&mut io)
+                .map_err(|e| CliError::from(qcow_std::Error::image(file, e)))?
+                .geometry()
+                .size
+        }
+        Format::Raw => io.file().metadata().map_err(|e| err(file, e))?.len(),
+    };
+    let (sign, digits) = match size.as_bytes().first() {
+        Some(b'+') => (1, &size[1..]),
+        Some(b'-') => (-1, &size[1..]),
+        _ => (0, size),
+    };
+    let n = parse_size(digits).map_err(|e| err(file, e))?;
+    let new = match sign {
+        1 => current
+            .checked_add(n)
+            .ok_or_else(|| err(file, "new size overflows"))?,
+        -1 => current.checked_sub(n).ok_or_else(|| {
+            err(
+                file,
+                format!("cannot shrink by {n}: the image is only {current} bytes"),
+            )
+        })?,
+        _ => n,
+    };
+    if new == 0 {
+        return Err(err(file, "the new size must be at least 1 byte"));
+    }
+    if new < current && !shrink {
+        return Err(err(
+            file,
+            format!("shrinking from {current} to {new} bytes drops data: use --shrink to confirm"),
+        ));
+    }
+    match format {
+        Format::Qcow => {
+            resize(&mut io, new, shrink)
+                .map_err(|e| CliError::from(qcow_std::Error::image(file, e)))?;
+        }
+        Format::Raw => io.file().set_len(new).map_err(|e| err(file, e))?,
+    }
+    io.file().sync_data().map_err(|e| err(file, e))?;
+    writeln!(out, "Image resized.").map_err(|e| CliError(format!("cannot write output: {e}")))?;
+    Ok(0)
 }
