@@ -226,13 +226,9 @@ fn one_tib_sparse() {
     assert_bytes_eq(&got, &want, "read near the end of 1 TiB");
 
     let out = d.join("big.raw");
-    let t = std::time::Instant::now();
+    // No timing here (speed is measured by `cargo xtask bench`): a convert that walked
+    // the terabyte would not finish within CI's budget.
     qcow_ok(&[&"convert", &"-O", &"raw", &img, &out]);
-    let secs = t.elapsed().as_secs_f64();
-    assert!(
-        secs < 20.0,
-        "convert of a sparse 1 TiB image took {secs:.1}s"
-    );
     assert_eq!(file_len(&out), tib);
     assert!(
         allocated(&out) < 4 << 20,
