@@ -473,10 +473,19 @@ where
         if let Cluster::Compressed { .. } = first {
             return Ok((first, len));
         }
+        let span = self.geo.l2_span();
         while len < max {
             let next = guest.saturating_add(len);
             if next >= self.geo.size {
                 break;
+            }
+            // An unallocated run reaching an L2 span without a table skips it at once.
+            if first == Cluster::Unallocated
+                && next & span.saturating_sub(1) == 0
+                && matches!(self.l1_entry(next), Ok(e) if e.l2_offset().is_none())
+            {
+                len = len.saturating_add(span).min(max);
+                continue;
             }
             let Ok(c) = self.lookup(next) else {
                 break;
