@@ -265,6 +265,28 @@ fn one_tib_sparse() {
         8192 + 1 + 4096,
         "written bytes found in the raw output"
     );
+
+    // map (qemu-img map takes a minute here): the three data runs, nothing else.
+    let m = parse_map(&String::from_utf8_lossy(&qcow_ok(&[
+        &"map",
+        &"--output=json",
+        &img,
+    ])));
+    let data: Vec<(u64, u64)> = m
+        .iter()
+        .filter(|e| e.data)
+        .map(|e| (e.start, e.length))
+        .collect();
+    assert_eq!(
+        data,
+        vec![
+            (1000000000 / 4096 * 4096, 8192),
+            (tib - 20480, 8192),
+            (tib - 4096, 4096)
+        ]
+    );
+    assert_eq!(m.iter().map(|e| e.length).sum::<u64>(), tib);
+    assert!(m.iter().all(|e| e.depth == 0 && e.present == e.data));
 }
 
 fn info_json(args: &Args, qemu: bool) -> Json {
