@@ -525,3 +525,54 @@ fn encrypted_overlay_of_a_raw_file() {
     assert_qemu_decrypts_to(&theirs, &pw, &m, "our writes into an encrypted overlay");
     assert!(read(&base) == before, "the backing file was modified");
 }
+
+/// QEMU stores compressed clusters of encrypted images unencrypted: they read, map
+/// and take partial overwrites (re-encrypted as plain clusters) as QEMU does.
+#[test]
+fn compressed_clusters_in_an_encrypted_image() {
+    let dir = tmp();
+    let d = dir.path();
+    let mut rng = Rng::new(35);
+    let pw = d.join("pw");
+    write(&pw, b"squeeze");
+    let img = d.join("enc.qcow");
+    qemu_create(&img, &pw, "1M").ok();
+    let text = d.join("text.bin");
+    write(&text, &rng.text(4096));
+    qemu_io_enc(
+        &img,
+        &pw,
+        &[
+            format!("write -c -s {} 8192 4096", text.display()),
+            "write -c -P 0x41 12288 4096".into(),
+            "write -c -P 0x42 16384 4096".into(),
+            "write -P 9 0 512".into(),
+        ],
+    );
+    let m = qemu_map(&img, &pw);
+    assert!(
+        m.iter().any(|e| e.compressed),
+        "QEMU wrote nothing compressed"
+    );
+    let ours = parse_map(&String::from_utf8_lossy(&qcow_ok(&[
+        &"map",
+        &"--output=json",
+        &img,
+    ])));
+    assert_eq!(ours, m);
+    let mut model = qemu_decrypted(&img, &pw, d);
+    check_reads(
+        &img,
+        None,
+        &model,
+        Some(&pw),
+        &mut rng,
+        "compressed, encrypted",
+    );
+    let patch_data = rng.bytes(100);
+    qcow_write(&img, &pw, 14000, &patch_data);
+    model[14000..14100].copy_from_slice(&patch_data);
+    let mp = d.join("model.raw");
+    write(&mp, &model);
+    assert_qemu_decrypts_to(&img, &pw, &mp, "partial overwrite of a compressed cluster");
+}

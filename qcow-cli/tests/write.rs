@@ -531,3 +531,41 @@ fn commit_into_qcow_and_raw() {
         );
     }
 }
+
+/// The library's `Write + Seek` view (`DiskIo`): random writes at any offset, and
+/// QEMU reads what was written.
+#[test]
+fn diskio_writes_read_by_qemu() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tmp();
+    let d = dir.path();
+    let mut rng = Rng::new(28);
+    let img = d.join("lib.qcow");
+    let size = 3u64 << 20;
+    lib_create(&img, size, Some(11), Some(7), None);
+    let mut model = vec![0u8; size as usize];
+    {
+        let opts = qcow_std::OpenOptions {
+            writable: true,
+            ..qcow_std::OpenOptions::default()
+        };
+        let mut disk = qcow_std::open(&img, &opts).expect("open");
+        let mut io = qcow_std::io::DiskIo::new(&mut disk);
+        for _ in 0..200 {
+            let len = 1 + rng.below(20000);
+            let at = rng.below(size - len);
+            let data = rng.bytes(len as usize);
+            io.seek(SeekFrom::Start(at)).expect("seek");
+            io.write_all(&data).expect("write");
+            model[at as usize..(at + len) as usize].copy_from_slice(&data);
+        }
+        io.seek(SeekFrom::End(-1)).expect("seek");
+        io.write_all(&[0x77]).expect("last byte");
+        *model.last_mut().expect("byte") = 0x77;
+        assert!(io.write(&[1]).is_err(), "a write past the end succeeded");
+        io.flush().expect("flush");
+    }
+    let m = d.join("model.raw");
+    write(&m, &model);
+    assert_identical(&m, &img, "DiskIo writes");
+}
