@@ -92,6 +92,8 @@ fn geometry(cb: u8) {
     let mut rng = Rng::new(u64::from(cb));
     let pat = d.join("pat.bin");
     write(&pat, &rng.bytes(300 << 10));
+    let txt = d.join("txt.bin");
+    write(&txt, &rng.text(64 << 10));
     for l2 in 6u8..=13 {
         let cs = 1u64 << cb;
         let span = 1u64 << (cb + l2);
@@ -112,9 +114,17 @@ fn geometry(cb: u8) {
                     across_len
                 ),
                 format!("write -P 0x7e {} 700", size - 700),
+                // QEMU's compressed clusters at this cluster size: a pattern, text
+                // (then partly overwritten), random bytes (stored plain).
+                format!("write -c -P 0x5c {} {}", 4 * cs, cs),
+                format!("write -c -s {} {} {}", txt.display(), 5 * cs, cs),
+                format!("write -P 0x5d {} 100", 5 * cs + 77),
+                format!("write -c -s {} {} {}", pat.display(), 6 * cs, cs),
             ],
         );
         let what = format!("cluster_bits {cb} l2_bits {l2}");
+        let m = assert_map_matches(&img, &what);
+        assert!(m.iter().any(|e| e.compressed), "{what}: nothing compressed");
         let theirs = d.join("theirs.raw");
         let ours = d.join("ours.raw");
         qemu_img_ok(&[&"convert", &"-O", &"raw", &img, &theirs]);
@@ -132,6 +142,7 @@ fn geometry(cb: u8) {
             (span - across_len / 2 - 3, across_len + 6),
             (size - 701, 701),
             (rng.below(size - 9), 9),
+            (4 * cs - 1, 3 * cs + 2),
         ];
         for (at, len) in windows {
             let want = read_at(&theirs, at, len as usize);
