@@ -205,10 +205,13 @@ fn random_writes(img: &Path, model: &mut [u8], n: usize, cs: u64, span: u64, rng
     let dir = tmp();
     let mpath = dir.path().join("model.raw");
     let size = model.len() as u64;
+    // Lengths fit in half the image, whatever its size.
+    let fit = |len: u64| len.clamp(1, (size / 2).max(1));
+    let clusters_in = size / cs;
     for i in 1..=n {
         let (at, data, compress) = match rng.below(9) {
             0 => {
-                let len = 1 + rng.below(511);
+                let len = fit(1 + rng.below(511));
                 (rng.below(size - len), rng.bytes(len as usize), false)
             }
             1 => {
@@ -218,32 +221,37 @@ fn random_writes(img: &Path, model: &mut [u8], n: usize, cs: u64, span: u64, rng
                 (at, rng.text(len as usize), false)
             }
             2 => {
-                let b = span * (1 + rng.below((size - 1) / span));
+                let spans = (size - 1) / span;
+                let b = if spans > 0 {
+                    span * (1 + rng.below(spans))
+                } else {
+                    cs * (1 + rng.below(clusters_in - 1))
+                };
                 let at = b.saturating_sub(1 + rng.below(3 * cs));
                 let len = (1 + rng.below(6 * cs)).min(size - at);
                 (at, rng.bytes(len as usize), false)
             }
             3 => {
-                let len = 1 + rng.below(64 << 10);
+                let len = fit(1 + rng.below(64 << 10));
                 let at = rng.below(size - len);
                 (at, vec![0u8; len as usize], false)
             }
             4 => {
-                let len = (256 << 10) + rng.below(768 << 10);
+                let len = fit((256 << 10) + rng.below(768 << 10));
                 let at = rng.below(size - len);
                 (at, mixed(rng, len as usize), false)
             }
             5 => {
-                let len = 1 + rng.below(3000);
+                let len = fit(1 + rng.below(3000));
                 (size - len, rng.bytes(len as usize), false)
             }
             6 | 7 => {
-                let clusters = 1 + rng.below(8);
-                let at = cs * rng.below(size / cs - clusters);
+                let clusters = 1 + rng.below(8.min(clusters_in - 1));
+                let at = cs * rng.below((clusters_in - clusters).max(1));
                 (at, rng.text((clusters * cs) as usize), true)
             }
             _ => {
-                let len = 1 + rng.below(20000);
+                let len = fit(1 + rng.below(20000));
                 let at = rng.below(size - len);
                 (at, rng.text(len as usize), rng.below(2) == 0)
             }
@@ -273,6 +281,11 @@ fn random_writes(img: &Path, model: &mut [u8], n: usize, cs: u64, span: u64, rng
             );
         }
     }
+}
+
+fn qcow_write_ok(img: &Path, at: u64, data: &[u8]) {
+    let o = qcow_stdin(&[&"write", &img, &at.to_string()], data);
+    assert_eq!(o.code, 0, "qcow write at {at}: {}", o.stderr);
 }
 
 fn snapshot(files: &[&Path]) -> Vec<(PathBuf, Vec<u8>)> {
@@ -405,7 +418,7 @@ fn random_writes_on_overlays() {
         &l2,
         &size.to_string(),
     ]);
-    qcow_stdin(&[&"write", &l2, &"5000000"], &rng.bytes(300000));
+    qcow_write_ok(&l2, 5000000, &rng.bytes(300000));
     let before = snapshot(&[&raw, &l1, &l2]);
     let top = d.join("top.qcow");
     qcow_ok(&[&"create", &"-b", &"l2.qcow", &"-F", &"qcow", &top]);
@@ -498,8 +511,8 @@ fn commit_into_qcow_and_raw() {
             .into_owned();
         let ov = d.join(format!("ov-{fmt}.qcow"));
         qcow_ok(&[&"create", &"-b", &name, &"-F", &fmt, &ov]);
-        qcow_stdin(&[&"write", &ov, &"1000"], &rng.bytes(50000));
-        qcow_stdin(&[&"write", &ov, &"1048576"], &vec![0u8; 70000]);
+        qcow_write_ok(&ov, 1000, &rng.bytes(50000));
+        qcow_write_ok(&ov, 1048576, &vec![0u8; 70000]);
         qemu_io_qcow(
             &ov,
             &[
@@ -507,7 +520,7 @@ fn commit_into_qcow_and_raw() {
                 "write -z 3145000 728".into(),
             ],
         );
-        qcow_stdin(&[&"write", &ov, &(3145727).to_string()], &[0x42]);
+        qcow_write_ok(&ov, 3145727, &[0x42]);
         let old = d.join(format!("old-{fmt}.raw"));
         write(&old, &qemu_raw(&ov, &[], d));
         let out = qcow_ok(&[&"commit", &ov]);
@@ -568,4 +581,42 @@ fn diskio_writes_read_by_qemu() {
     let m = d.join("model.raw");
     write(&m, &model);
     assert_identical(&m, &img, "DiskIo writes");
+}
+
+/// `qcow write` (plain and -c) at every cluster size, with the smallest and largest
+/// L2 tables, checked against a model by QEMU.
+#[test]
+fn random_writes_at_every_geometry() {
+    let dir = tmp();
+    let d = dir.path();
+    let mut rng = Rng::new(29);
+    for (cb, l2) in [
+        (9u8, 6u8),
+        (9, 13),
+        (10, 7),
+        (11, 12),
+        (12, 6),
+        (13, 8),
+        (14, 13),
+        (15, 9),
+        (16, 6),
+        (16, 13),
+    ] {
+        let cs = 1u64 << cb;
+        let span = 1u64 << (cb + l2);
+        let size = (3 * span).min(5 << 20) + 3 * cs + 512;
+        let img = d.join(format!("g{cb}-{l2}.qcow"));
+        lib_create(&img, size, Some(cb), Some(l2), None);
+        let mut model = vec![0u8; size as usize];
+        // Compressed clusters first (on fresh clusters), then writes over them.
+        let text = rng.text(2 * cs as usize);
+        let o = qcow_stdin(&[&"write", &"-c", &img, &cs.to_string()], &text);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        model[cs as usize..3 * cs as usize].copy_from_slice(&text);
+        assert!(
+            is_compressed_somewhere(&img),
+            "cluster_bits {cb} l2_bits {l2}: write -c stored nothing compressed"
+        );
+        random_writes(&img, &mut model, 40, cs, span, &mut rng);
+    }
 }
