@@ -797,3 +797,55 @@ fn raw_file_of_odd_length() {
     assert_eq!(file_len(&raw), 1000448);
     assert_eq!(qcow_ok(&[&"read", &raw, &"1000440", &"8"]), vec![7u8; 8]);
 }
+
+/// Compressed streams that inflate to more than a cluster (QEMU keeps the first
+/// cluster) or to less (QEMU fails the read): we do the same.
+#[test]
+fn compressed_streams_longer_or_shorter_than_a_cluster() {
+    let dir = tmp();
+    let d = dir.path();
+    let mut rng = Rng::new(9);
+    let src = d.join("src.raw");
+    write(&src, &rng.text(1 << 20));
+    let base = d.join("base.qcow");
+    qemu_convert_compressed(&src, &base);
+    let l2 = be64_at(&base, 48);
+    let entry = be64_at(&base, l2);
+    assert!(entry >> 63 == 1, "cluster 0 is not compressed");
+    let shift = 63 - 12;
+    let mut deflater = qcow_core::cluster::Deflater::default();
+    for (what, input_len, qemu_reads) in [("long", 8192usize, true), ("short", 2048, false)] {
+        let input = rng.text(input_len);
+        let mut out = vec![0u8; input_len];
+        let n = deflater.compress(&input, &mut out).expect("compresses");
+        assert!(n < 4096, "{what}: stream of {n} bytes");
+        let img = d.join(format!("{what}.qcow"));
+        std::fs::copy(&base, &img).expect("copy");
+        let at = file_len(&img);
+        patch(&img, at, &out[..n]);
+        patch(
+            &img,
+            l2,
+            &((1u64 << 63) | ((n as u64) << shift) | at).to_be_bytes(),
+        );
+        let q = qemu_img(&[&"convert", &"-O", &"raw", &img, &d.join("q.raw")]);
+        assert_eq!(
+            q.code == 0,
+            qemu_reads,
+            "{what}: qemu-img convert: {}",
+            q.stderr
+        );
+        if qemu_reads {
+            let want = read(&d.join("q.raw"));
+            assert_bytes_eq(&want[..4096], &input[..4096], "QEMU's first cluster");
+            check_reads(&img, None, &want, None, &mut rng, what);
+        } else {
+            let line = qcow_err(&[&"read", &img, &"0", &"512"], 1);
+            assert!(line.contains("compressed"), "{line}");
+            qcow_err(&[&"convert", &"-O", &"raw", &img, &d.join("o.raw")], 1);
+            // The other clusters still read.
+            let got = qcow_ok(&[&"read", &img, &"4096", &"4096"]);
+            assert_bytes_eq(&got, &read(&src)[4096..8192], "cluster 1");
+        }
+    }
+}
