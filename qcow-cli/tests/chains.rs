@@ -208,3 +208,78 @@ fn run_err(cwd: &Path, img: &Path, what: &str) -> String {
     assert_fails(&qcow_in(cwd, &[&"compare", &img, &img]), 2, what);
     line
 }
+
+/// Random chains of 1 to 4 layers — raw or qcow at the bottom, qcow overlays of
+/// random geometry and size (larger and smaller than what they cover) — written by
+/// qemu-io at every level: our reads and map equal QEMU's.
+#[test]
+fn random_chains_read_and_map_as_qemu() {
+    let (dir, work) = layout();
+    let d = dir.path();
+    let mut rng = Rng::new(14);
+    for round in 0..12 {
+        let layers = 1 + rng.below(4) as usize;
+        let mut names: Vec<String> = Vec::new();
+        for level in 0..layers {
+            let sub = ["a", "b", "c"][rng.below(3) as usize];
+            let name = format!("{sub}/r{round}-{level}");
+            let size = (1 + rng.below(4)) << 20 | (rng.below(8) * 512);
+            let path = d.join(&name);
+            let cb = 9 + rng.below(8) as u8;
+            let l2 = 6 + rng.below(8) as u8;
+            let cs = 1u64 << cb;
+            let backing = names.last().map(|b: &String| {
+                // ../x/name, or absolute.
+                if rng.below(2) == 0 {
+                    format!("../{b}")
+                } else {
+                    d.join(b).display().to_string()
+                }
+            });
+            let is_raw = level == 0 && rng.below(3) == 0;
+            if is_raw {
+                // Any length: QEMU rounds it up to whole sectors.
+                let mut data = vec![0u8; (size - rng.below(512)) as usize];
+                for _ in 0..4 {
+                    let at = rng.below(size - 70512) as usize;
+                    data[at..at + 70000].copy_from_slice(&rng.bytes(70000));
+                }
+                write(&path, &data);
+            } else {
+                lib_create(&path, size, Some(cb), Some(l2), backing.as_deref());
+                let mut cmds = Vec::new();
+                for _ in 0..6 {
+                    let len = 1 + rng.below(100000);
+                    let at = rng.below(size - len);
+                    cmds.push(match rng.below(4) {
+                        0 => format!("write -z {at} {len}"),
+                        1 => format!("write -c -P {} {} {cs}", rng.below(256), at / cs * cs),
+                        _ => format!("write -P {} {at} {len}", rng.below(256)),
+                    });
+                }
+                // A compressed write needs a whole cluster inside the image.
+                cmds.retain(|c| {
+                    !c.starts_with("write -c")
+                        || c.split(' ')
+                            .nth(4)
+                            .and_then(|a| a.parse::<u64>().ok())
+                            .is_some_and(|a| a + cs <= size)
+                });
+                qemu_io_qcow(&path, &cmds);
+            }
+            names.push(name);
+        }
+        let top = d.join(names.last().expect("a layer"));
+        let want = qemu_raw(&top, &[], d);
+        let rel = Path::new("..").join(names.last().expect("a layer"));
+        let what = format!("round {round}: {names:?}");
+        check_reads(&rel, Some(&work), &want, None, &mut rng, &what);
+        let ours = parse_map(&String::from_utf8_lossy(&qcow_ok(&[
+            &"map",
+            &"--output=json",
+            &top,
+        ])));
+        let theirs = parse_map(&qemu_img_ok(&[&"map", &"--output=json", &top]));
+        assert_eq!(ours, theirs, "{what}: map");
+    }
+}
