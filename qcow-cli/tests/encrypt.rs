@@ -576,3 +576,46 @@ fn compressed_clusters_in_an_encrypted_image() {
     write(&mp, &model);
     assert_qemu_decrypts_to(&img, &pw, &mp, "partial overwrite of a compressed cluster");
 }
+
+/// Encrypted images of other geometries (created by the library), written by us at
+/// odd offsets, decrypted by QEMU.
+#[test]
+fn encrypted_writes_at_other_geometries() {
+    let dir = tmp();
+    let d = dir.path();
+    let mut rng = Rng::new(36);
+    let pw = d.join("pw");
+    write(&pw, b"geometry");
+    for (cb, l2) in [(9u8, 6u8), (11, 13), (14, 7), (16, 10)] {
+        let cs = 1u64 << cb;
+        let size = (1u64 << (cb + l2)).min(2 << 20) + 2 * cs + 512;
+        let img = d.join(format!("e{cb}-{l2}.qcow"));
+        {
+            let f = std::fs::File::create(&img).expect("create");
+            let mut io = qcow_std::file::FileIo::new(f);
+            let opts = qcow_core::write::CreateOptions {
+                encrypted: true,
+                cluster_bits: Some(cb),
+                l2_bits: Some(l2),
+                ..qcow_core::write::CreateOptions::new(size)
+            };
+            qcow_core::write::create(&mut io, &opts).expect("create");
+        }
+        let mut model = vec![0u8; size as usize];
+        for i in 0..40 {
+            let len = 1 + rng.below(if i % 2 == 0 { 700 } else { 3 * cs });
+            let len = len.min(size / 2);
+            let at = if i == 39 {
+                size - len
+            } else {
+                rng.below(size - len)
+            };
+            let data = rng.bytes(len as usize);
+            qcow_write(&img, &pw, at, &data);
+            model[at as usize..(at + len) as usize].copy_from_slice(&data);
+        }
+        let m = d.join("model.raw");
+        write(&m, &model);
+        assert_qemu_decrypts_to(&img, &pw, &m, &format!("cluster_bits {cb} l2_bits {l2}"));
+    }
+}
