@@ -16,7 +16,7 @@ use qcow_core::header::{Header, HEADER_SIZE, MAX_L1_ENTRIES};
 use qcow_core::image::{read_header, scratch_len};
 use qcow_core::io::{MemIo, SliceIo};
 use qcow_core::write::{create, CreateOptions};
-use qcow_core::{Backing, BlockIo, Cluster, Error, Image, NoBacking, Raw};
+use qcow_core::{Backing, Cluster, Error, Image, NoBacking, Raw};
 
 type E = ErrorKind;
 
