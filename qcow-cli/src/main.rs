@@ -37,6 +37,9 @@ pub enum Verb {
         /// Backing file format.
         #[arg(short = 'F')]
         backing_format: Option<Format>,
+        /// Do not open the backing file (it need not exist yet; SIZE is then required).
+        #[arg(short = 'u')]
+        unsafe_mode: bool,
         /// Encrypt with QEMU's legacy AES-CBC (weak; LUKS/qcow2 is the modern choice).
         #[arg(long)]
         encrypt: bool,

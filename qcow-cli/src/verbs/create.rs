@@ -13,30 +13,46 @@ use crate::common::{err, parse_size, read_secret, CliError, VerbResult};
 pub const WEAK_CIPHER: &str = "qcow: warning: the qcow AES-CBC encryption is weak and deprecated \
 (no integrity, predictable IVs, a password used directly as key); use LUKS (qcow2/luks) for new images";
 
+/// The backing file arguments of `create`: `-b NAME`, `-F FMT`, `-u`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BackingArgs<'a> {
+    /// The name to store.
+    pub name: Option<&'a str>,
+    /// Its format (probed when absent).
+    pub format: Option<Format>,
+    /// Do not open it.
+    pub unsafe_mode: bool,
+}
+
 /// Runs `create`.
 pub fn run(
     file: &Path,
     size: Option<&str>,
-    backing: Option<&str>,
-    backing_format: Option<Format>,
+    b: BackingArgs<'_>,
     encrypt: bool,
     password: Option<&Path>,
     out: &mut dyn Write,
 ) -> VerbResult {
+    let (backing, backing_format, unsafe_mode) = (b.name, b.format, b.unsafe_mode);
     let backing = backing.filter(|b| !b.is_empty());
-    let size = match size {
-        Some(s) => parse_size(s).map_err(|e| err(file, e))?,
-        None => {
-            let Some(b) = backing else {
-                return Err(err(file, "image creation needs a size parameter"));
-            };
+    // As qemu-img: the backing file must open (it gives the default size), unless -u.
+    let backing_size = match backing {
+        Some(b) if !unsafe_mode => {
             let path = qcow_std::open::resolve_backing(file, Path::new(b));
             let opts = OpenOptions {
                 format: backing_format,
                 ..OpenOptions::default()
             };
-            qcow_std::open(&path, &opts)?.size()
+            let disk = qcow_std::open(&path, &opts)
+                .map_err(|e| err(file, format!("cannot open backing file: {e}")))?;
+            Some(disk.size())
         }
+        _ => None,
+    };
+    let size = match (size, backing_size) {
+        (Some(s), _) => parse_size(s).map_err(|e| err(file, e))?,
+        (None, Some(s)) => s,
+        (None, None) => return Err(err(file, "image creation needs a size parameter")),
     };
     if size == 0 {
         return Err(err(file, "image size must be at least 1 byte"));

@@ -23,6 +23,7 @@ pub fn run(verb: Verb, out: &mut dyn Write) -> VerbResult {
         Verb::Create {
             backing,
             backing_format,
+            unsafe_mode,
             encrypt,
             password_file,
             file,
@@ -30,8 +31,11 @@ pub fn run(verb: Verb, out: &mut dyn Write) -> VerbResult {
         } => create::run(
             &file,
             size.as_deref(),
-            backing.as_deref(),
-            backing_format,
+            create::BackingArgs {
+                name: backing.as_deref(),
+                format: backing_format,
+                unsafe_mode,
+            },
             encrypt,
             password_file.as_deref(),
             out,
