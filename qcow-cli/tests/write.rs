@@ -491,6 +491,42 @@ fn create_matches_qemu_byte_for_byte() {
     }
 }
 
+/// A backing file that does not open is refused, as by qemu-img, unless `-u`.
+#[test]
+fn create_with_a_missing_backing_file() {
+    let dir = tmp();
+    let d = dir.path();
+    let (q, o) = (d.join("q.qcow"), d.join("o.qcow"));
+    let base = ["-b", "gone.raw", "-F", "raw"];
+    let qa: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+        &"create", &"-f", &"qcow", &base[0], &base[1], &base[2], &base[3], &q, &"1M",
+    ];
+    assert_ne!(
+        qemu_img(&qa).code,
+        0,
+        "qemu-img accepts a missing backing file"
+    );
+    let line = qcow_err(
+        &[&"create", &base[0], &base[1], &base[2], &base[3], &o, &"1M"],
+        1,
+    );
+    assert!(line.contains("gone.raw"), "{line}");
+    assert!(!o.exists(), "an image was left behind");
+    // -u: created anyway, byte for byte as qemu-img -u.
+    qemu_img_ok(&[
+        &"create", &"-f", &"qcow", &"-u", &base[0], &base[1], &base[2], &base[3], &q, &"1M",
+    ]);
+    qcow_ok(&[
+        &"create", &"-u", &base[0], &base[1], &base[2], &base[3], &o, &"1M",
+    ]);
+    assert_bytes_eq(&read(&o), &read(&q), "create -u");
+    // Without a size there is nothing to take it from.
+    qcow_err(
+        &[&"create", &"-u", &base[0], &base[1], &d.join("n.qcow")],
+        1,
+    );
+}
+
 #[test]
 fn commit_into_qcow_and_raw() {
     let dir = tmp();
