@@ -166,6 +166,16 @@ fn images_qemu_encrypted_read_as_qemu_decrypts_them() {
         assert_eq!(j.get("encrypted"), Some(&Json::Bool(true)));
         let q = Json::parse(&qemu_img_ok(&[&"info", &"--output=json", &img]));
         assert_eq!(q.get("encrypted"), Some(&Json::Bool(true)));
+        for key in [
+            "filename",
+            "format",
+            "virtual-size",
+            "actual-size",
+            "cluster-size",
+            "backing-filename",
+        ] {
+            assert_eq!(j.get(key), q.get(key), "{what}: info key {key}");
+        }
         let line = qcow_err(&[&"read", &img, &"0", &"512"], 1);
         assert!(line.contains("password"), "{line}");
         let out = d.join("out.raw");
