@@ -1099,6 +1099,7 @@ where
 }
 
 #[cfg(test)]
+// Test code: a failed unwrap or index is a failed test; the values are small and known.
 #[allow(
     clippy::unwrap_used,
     clippy::indexing_slicing,

@@ -3,6 +3,7 @@
 //! overlays, encrypted), check clean; after our repairs, resizes and rebases,
 //! `qemu-img compare` still sees the same guest content and QEMU keeps writing to
 //! them. Skipped (with a message) when qemu-img or qemu-io is missing.
+// Test code: a failed unwrap or index is a failed test; the values are small and known.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
