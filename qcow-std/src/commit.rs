@@ -6,13 +6,42 @@ use qcow_core::Cluster;
 use zeroize::Zeroizing;
 
 use crate::error::Error;
-use crate::open::{open, resolve_backing, OpenOptions};
+use crate::file::FileIo;
+use crate::open::{open, resolve_backing, Format, OpenOptions};
 
 /// Bytes copied per request.
 const CHUNK: u64 = 4 << 20;
 
+/// Grows the backing file to `size` when it is smaller, as `qemu-img commit` does: a
+/// raw file is extended, a qcow image resized (its L1 table moved if it must be).
+fn grow_base(base: &Path, size: u64) -> Result<(), Error> {
+    use qcow_core::BlockIo;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(base)
+        .map_err(|e| Error::io(base, e))?;
+    let mut io = FileIo::new(file);
+    match crate::open::probe(base)? {
+        Format::Raw => {
+            let len = io.len().map_err(|e| Error::io(base, e))?;
+            if len < size {
+                io.set_len(size).map_err(|e| Error::io(base, e))?;
+            }
+        }
+        Format::Qcow => {
+            let h = qcow_core::image::read_header(&mut io).map_err(|e| Error::image(base, e))?;
+            if h.geometry().size < size {
+                qcow_core::maint::resize(&mut io, size, false)
+                    .map_err(|e| Error::image(base, e))?;
+            }
+        }
+    }
+    io.flush().map_err(|e| Error::io(base, e))
+}
+
 /// Writes every cluster the overlay at `path` holds into its backing file (qcow or
-/// raw), flushes the backing file, then empties the overlay (QEMU's `make_empty`), so
+/// raw; grown first when it is smaller), flushes the backing file, then empties the overlay (QEMU's `make_empty`), so
 /// the guest view is unchanged at every step.
 pub fn commit(path: &Path, secret: Option<Zeroizing<Vec<u8>>>) -> Result<(), Error> {
     let opts = OpenOptions {
@@ -40,6 +69,7 @@ pub fn commit(path: &Path, secret: Option<Zeroizing<Vec<u8>>>) -> Result<(), Err
     }
     use std::os::unix::ffi::OsStrExt;
     let base_path = resolve_backing(path, Path::new(std::ffi::OsStr::from_bytes(&name)));
+    grow_base(&base_path, img.size())?;
     let mut base = open(
         &base_path,
         &OpenOptions {
