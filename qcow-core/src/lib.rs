@@ -11,7 +11,7 @@
 //! [`cache::TableCache`] (about 8 KiB).
 //!
 //! # Features
-//! - `alloc` (default): the write path ([`write`]: `Image::write_at`,
+//! - `alloc` (default): the write path ([`write`](mod@write): `Image::write_at`,
 //!   `Image::write_compressed`, [`write::create`], [`write::Writer`]), the compressor
 //!   ([`cluster::Deflater`]), [`check`], [`maint`] (repair, resize, rebase), and the
 //!   in-memory device [`io::MemIo`].

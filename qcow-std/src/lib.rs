@@ -1,7 +1,7 @@
 //! qcow (version 1) images on files.
 //!
 //! Adapts [`qcow_core`] to the file system: [`file::FileIo`] is positional I/O on a
-//! file, [`open`] probes a file's format and resolves its backing chain,
+//! file, [`open()`] probes a file's format and resolves its backing chain,
 //! [`io::DiskIo`] offers `Read + Write + Seek` over an opened disk, and [`convert`]
 //! copies between raw and qcow images.
 //!

@@ -119,6 +119,9 @@ fn ci(args: &[String]) -> Result<(), String> {
         "-D",
         "warnings",
     ]))?;
+    run(cargo()
+        .args(["doc", "--workspace", "--no-deps"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
     run(cargo().args(["test", "--workspace"]))?;
     for name in ["nostd", "firmware-test", "fuzz-replay", "fuzz-build"] {
         run_task(name, &[])?;
