@@ -155,7 +155,7 @@ fn setup() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     // The backing file the overlay cases name, and a password file.
     std::fs::write(dir.path().join("base.img"), vec![0x11u8; 1 << 20]).unwrap();
-    std::fs::write(dir.path().join("pw"), b"hostile").unwrap();
+    std::fs::write(dir.path().join("pw"), cases::SECRET).unwrap();
     let valid = dir.path().join("valid.qcow");
     std::fs::write(&valid, cases::base(12, 9, 1 << 20, false).bytes).unwrap();
     (dir, valid)

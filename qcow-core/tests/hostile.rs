@@ -42,7 +42,7 @@ fn cluster_at(img: &mut Img<'_>, guest: u64) -> Result<Vec<u8>, CoreError> {
 /// without a secret: errors are fine, device errors are not (the core must check
 /// every extent against the file before reading it).
 fn walk(bytes: &[u8]) {
-    for secret in [None, Some(&b"hostile"[..])] {
+    for secret in [None, Some(cases::SECRET)] {
         let Ok(mut img) = open(bytes) else { return };
         if let Some(s) = secret {
             img.set_secret(s).unwrap();
@@ -79,12 +79,22 @@ fn check(case: &Case) {
                 Some(err),
                 "{name}"
             );
-            // Reading a range that starts before the bad cluster fails the same way.
+            // References are checked before anything is decrypted: the same with a
+            // password.
+            let mut keyed = open(&case.image).unwrap();
+            keyed.set_secret(cases::SECRET).unwrap();
+            assert_eq!(
+                cluster_at(&mut keyed, *guest).err().as_ref(),
+                Some(err),
+                "{name}"
+            );
+            // Reading a range that starts before the bad cluster fails the same way
+            // (with the password: the cluster before may be encrypted data).
             if *guest > 0 {
                 let mut two = vec![0u8; 2 * img.geometry().cluster_len()];
                 let at = *guest - img.geometry().cluster_size();
                 assert_eq!(
-                    img.read_at(at, &mut two).err().as_ref(),
+                    keyed.read_at(at, &mut two).err().as_ref(),
                     Some(err),
                     "{name}"
                 );
@@ -92,6 +102,7 @@ fn check(case: &Case) {
         }
         Expect::Reads { guest, data } => {
             let mut img = open(&case.image).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            img.set_secret(cases::SECRET).unwrap();
             let got = cluster_at(&mut img, *guest).unwrap_or_else(|e| panic!("{name}: {e:?}"));
             assert!(got == *data, "{name}: cluster at {guest} differs");
         }

@@ -74,20 +74,33 @@ pub fn data1(cs: usize) -> Vec<u8> {
 
 pub const BACKING_NAME: &[u8] = b"base.img";
 
+/// The secret of the encrypted bases (and of the CLI test's password file).
+pub const SECRET: &[u8] = b"hostile";
+
 /// A fresh image (`create` on memory) with cluster 0 plain, cluster 1 compressed and
 /// cluster 2 plain.
 pub fn base(cluster_bits: u8, l2_bits: u8, size: u64, backing: bool) -> Base {
+    base_with(cluster_bits, l2_bits, size, backing, false)
+}
+
+/// [`base`], encrypted with [`SECRET`] when `encrypted` (cluster 1 is then plain too:
+/// QEMU does not compress encrypted images, and `comp` is `(0, 0)`).
+pub fn base_with(cluster_bits: u8, l2_bits: u8, size: u64, backing: bool, encrypted: bool) -> Base {
     let mut io = MemIo::default();
     let opts = CreateOptions {
         cluster_bits: Some(cluster_bits),
         l2_bits: Some(l2_bits),
         backing: backing.then_some(BACKING_NAME),
+        encrypted,
         ..CreateOptions::new(size)
     };
     let h = create(&mut io, &opts).unwrap();
     let geo = h.geometry();
     let cs = geo.cluster_len();
     let mut img = Image::open(io, NoBacking::new(), vec![0u8; 2 * cs]).unwrap();
+    if encrypted {
+        img.set_secret(SECRET).unwrap();
+    }
     img.write_at(0, &data0(cs)).unwrap();
     img.write_compressed(cs as u64, &data1(cs)).unwrap();
     img.write_at(2 * cs as u64, &data0(cs)[..cs / 2]).unwrap();
@@ -97,6 +110,7 @@ pub fn base(cluster_bits: u8, l2_bits: u8, size: u64, backing: bool) -> Base {
     };
     let comp = match img.lookup(cs as u64).unwrap() {
         qcow_core::Cluster::Compressed { host, len } => (host, len),
+        qcow_core::Cluster::Plain { .. } if encrypted => (0, 0),
         c => panic!("{c:?}"),
     };
     let (io, _) = img.into_parts();
@@ -599,8 +613,56 @@ pub fn all() -> Vec<Case> {
             data: two[..qcs].to_vec(),
         },
     );
+    // Encrypted images: references are checked before anything is decrypted, so the
+    // errors are the same with a password or without.
+    let e = base_with(12, 9, 1 << 20, false, true);
+    let el = e.bytes.len() as u64;
+    c.l1_entry(
+        "encrypted-l2-past-eof",
+        &e,
+        el + 4096,
+        Problem::PastEof { file_len: el },
+    );
+    c.l2_entry(
+        "encrypted-data-past-eof",
+        &e,
+        0,
+        el + 4096,
+        bad(dc, 0, el + 4096, Problem::PastEof { file_len: el }),
+    );
+    c.l2_entry(
+        "encrypted-data-unaligned",
+        &e,
+        1,
+        e.data0 + 8,
+        bad(dc, 4096, e.data0 + 8, Problem::Misaligned),
+    );
+    let mut img = e.bytes.clone();
+    let host = img.len() as u64;
+    img.extend_from_slice(&[0xff; 40]);
+    let entry = L2Entry::compressed(&e.geo, host, 40).unwrap();
+    put(&mut img, e.l2 + 8, &entry.0.to_be_bytes());
+    c.add(
+        "encrypted-compressed-garbage",
+        img,
+        Expect::Read {
+            guest: 4096,
+            err: Error::CompressedInvalid { guest: 4096, host },
+        },
+    );
+    c.poke(
+        "encrypted-crypt-method-2",
+        &e,
+        &[(CRYPT, &2u32.to_be_bytes())],
+        Expect::Open(Error::CryptMethod(2)),
+    );
     // And the valid bases themselves, read back.
-    for (name, b) in [("valid-512", &s), ("valid-4k", &q), ("valid-overlay", &ov)] {
+    for (name, b) in [
+        ("valid-512", &s),
+        ("valid-4k", &q),
+        ("valid-overlay", &ov),
+        ("valid-encrypted", &e),
+    ] {
         let g = b.geo.cluster_len();
         c.add(
             &format!("{name}-cluster-0"),
