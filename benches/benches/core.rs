@@ -70,7 +70,9 @@ fn benches(c: &mut Criterion) {
     let mut x = 12345u64;
     c.bench_function("l2 lookup (random cluster)", |b| {
         b.iter(|| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             img.lookup(black_box((x >> 20) % SIZE)).unwrap()
         })
     });

@@ -30,7 +30,10 @@ fn require_qemu() {
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success());
-        assert!(ok, "{c} not found: install qemu-utils (these tests compare with QEMU)");
+        assert!(
+            ok,
+            "{c} not found: install qemu-utils (these tests compare with QEMU)"
+        );
     }
 }
 
