@@ -25,6 +25,7 @@ use alloc::vec::Vec;
 use crate::check::{
     align_up, push, scan, zeroed, Corruption, Ext, ExtKind, Reference, Report, Scan,
 };
+use crate::cluster::inflate;
 use crate::entry::L2Entry;
 use crate::error::Error;
 use crate::header::{Geometry, Header, HEADER_SIZE, MAX_BACKING_NAME};
@@ -821,7 +822,10 @@ pub struct Resized {
 /// first (an interruption after it leaves the new, smaller image), then the entries
 /// past the new end are zeroed (the last L2 table keeps those below it) and the space
 /// they used is reclaimed. The part of the last cluster past an unaligned new size is
-/// zeroed when the cluster is plain and unencrypted; otherwise it keeps its bytes.
+/// zeroed when the cluster is plain and unencrypted. A compressed one keeps its bytes
+/// until the image grows again: then, when they are not zeros, the cluster is
+/// rewritten as a plain one holding zeros past the old size. An encrypted one keeps
+/// its bytes (zeroing them needs the key): they reappear when the image grows again.
 ///
 /// Refuses an image with corruptions ([`Error::Corrupt`]): repair it first.
 pub fn resize<B: BlockIo>(
@@ -886,13 +890,20 @@ pub fn resize<B: BlockIo>(
     }
     // The part of the last cluster past `limit` reads as zeros once the image grows.
     let tail = limit & cs.saturating_sub(1);
+    // A plain cluster written at the end of the file (it holds a compressed one).
+    let mut fresh: Option<u64> = None;
     if tail != 0 && !old.is_encrypted() {
         let first = limit.saturating_sub(tail);
-        let data = exts
-            .iter()
-            .find(|x| x.kind == ExtKind::Data && x.reference(&old_geo).guest == first);
-        if let Some(x) = data {
-            dev.write_zeros(x.host.saturating_add(tail), cs.saturating_sub(tail))?;
+        let last = exts.iter().find(|x| {
+            matches!(x.kind, ExtKind::Data | ExtKind::Compressed)
+                && x.reference(&old_geo).guest == first
+        });
+        match last {
+            Some(x) if x.kind == ExtKind::Data => {
+                dev.write_zeros(x.host.saturating_add(tail), cs.saturating_sub(tail))?;
+            }
+            Some(x) if !shrinking => fresh = unpack_cut(&mut dev, x, tail)?,
+            _ => {}
         }
     }
     dev.flush()?;
@@ -905,6 +916,7 @@ pub fn resize<B: BlockIo>(
             let taken = |end: u64| {
                 exts.iter()
                     .any(|x| x.kind != ExtKind::L1 && x.host < end && grown.start < x.end())
+                    || fresh.is_some_and(|h| h < end && grown.start < h.saturating_add(cs))
             };
             if !taken(grown.end) {
                 let end = if taken(padded_end) {
@@ -942,10 +954,45 @@ pub fn resize<B: BlockIo>(
         dev.write_header()?;
     }
     drop(dev);
-    if shrinking || out.l1_moved || out.dropped > 0 {
+    if shrinking || out.l1_moved || out.dropped > 0 || fresh.is_some() {
         out.actions = reclaim(io)?;
     }
     Ok(out)
+}
+
+/// Growing past a size that cuts the compressed cluster `x` at `tail` bytes: a stream
+/// cannot be zeroed in place, so when its bytes past the cut are not zeros (left by a
+/// shrink), its content up to the cut goes to a plain cluster at the end of the file,
+/// flushed, and its L2 entry switches there (the stream is reclaimed afterwards).
+/// Returns where the plain cluster is; `None` when nothing was to do or the stream
+/// does not inflate (a corruption `check` reports).
+fn unpack_cut<B: BlockIo>(
+    dev: &mut Dev<'_, B>,
+    x: &Ext,
+    tail: u64,
+) -> Result<Option<u64>, Error<B::Error>> {
+    let mut stream = zeroed(usize::try_from(x.len).map_err(|_| Error::OutOfMemory)?)?;
+    dev.io.read_at(x.host, &mut stream)?;
+    let mut cluster = zeroed(dev.geo.cluster_len())?;
+    if inflate(&stream, &mut cluster).is_err() {
+        return Ok(None);
+    }
+    let cut = cluster
+        .get_mut(usize::try_from(tail).unwrap_or(usize::MAX)..)
+        .unwrap_or_default();
+    if cut.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    cut.fill(0);
+    let to = dev.append_pos(dev.geo.cluster_size());
+    dev.write(to, &cluster)?;
+    dev.flush()?;
+    let plain = Ext {
+        kind: ExtKind::Data,
+        ..*x
+    };
+    dev.set_pointer(&plain, to)?;
+    Ok(Some(to))
 }
 
 /// What [`set_backing_file`] did.

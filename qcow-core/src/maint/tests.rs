@@ -210,11 +210,12 @@ fn shrink_drops_entries_and_zeroes_the_partial_cluster() {
     assert!(io.0.len() < len / 3, "{} -> {}", len, io.0.len());
     assert_eq!(content(&io), model[..(300 << 10) + 1024]);
     // Growing back shows zeros past the old end, also in the partial last cluster
-    // (compressed: kept as stored, documented).
+    // (compressed: rewritten as a plain cluster).
     resize(&mut io, 1 << 20, false).unwrap();
     assert_clean(&mut io);
     let c = content(&io);
     assert_eq!(c[..(300 << 10) + 1024], model[..(300 << 10) + 1024]);
+    assert!(c[(300 << 10) + 1024..].iter().all(|&b| b == 0));
     let (mut io, model) = written(
         new_image(1 << 20, 12, 6, None),
         &[(0, pattern(2, 1 << 20), false)],
@@ -224,6 +225,36 @@ fn shrink_drops_entries_and_zeroes_the_partial_cluster() {
     let mut expect = model[..5120].to_vec();
     expect.resize(1 << 20, 0);
     assert_eq!(content(&io), expect);
+}
+
+#[test]
+fn grow_rewrites_a_cut_compressed_cluster_clear_of_the_growing_l1_table() {
+    let (mut io, _) = written(
+        new_image(1 << 20, 12, 6, None),
+        &[(0, vec![b'c'; 4096], true)],
+    );
+    // The L1 table (4 entries) moved to the end of the file, and the size cut to 1 KiB
+    // inside the compressed cluster, as a shrink leaves it.
+    let mut h = read_header(&mut io).unwrap();
+    let mut l1 = [0u8; 32];
+    io.read_at(h.l1_table_offset, &mut l1).unwrap();
+    let at = (io.0.len() as u64).next_multiple_of(512);
+    io.write_at(at, &l1[..8]).unwrap();
+    h.l1_table_offset = at;
+    h.size = 1024;
+    io.write_at(0, &h.encode()).unwrap();
+    assert!(check(&mut io).unwrap().corruptions.is_empty());
+    assert_eq!(io.0.len() as u64, at + 8, "the L1 table ends the file");
+    assert_eq!(content(&io), vec![b'c'; 1024]);
+    // 1 GiB: 4096 entries reach the cluster boundary where the plain copy goes.
+    let r = resize(&mut io, 1 << 30, false).unwrap();
+    assert!(r.l1_moved);
+    assert_clean(&mut io);
+    let mut img = open(io.clone());
+    let mut c = vec![0u8; 8192];
+    img.read_at(0, &mut c).unwrap();
+    assert_eq!(c[..1024], [b'c'; 1024]);
+    assert!(c[1024..].iter().all(|&b| b == 0));
 }
 
 #[test]
@@ -586,6 +617,30 @@ fn faults_resize_grow_moving_l1() {
     let mut io = start.clone();
     let r = resize(&mut io, 8 << 20, false).unwrap();
     assert!(r.l1_moved && !r.actions.is_empty(), "{r:?}");
+}
+
+#[test]
+fn faults_resize_grow_over_a_cut_compressed_cluster() {
+    let (mut start, model) = written(
+        new_image(1 << 20, 12, 6, None),
+        &[
+            (0, pattern(8, 300 << 10), false),
+            (300 << 10, vec![b'c'; 4096], true),
+        ],
+    );
+    let cut = (300 << 10) + 1024;
+    resize(&mut start, cut as u64, true).unwrap();
+    let old = &model[..cut];
+    let grown = with_zeros(old, 1 << 20);
+    inject(
+        "grow over a cut compressed cluster",
+        &start,
+        |d| resize(d, 1 << 20, false).map(|_| ()),
+        |io, done, what| {
+            let i = judge(io, &[old, &grown], none, what);
+            assert!(!done || i == 1, "{what}");
+        },
+    );
 }
 
 #[test]
