@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::path::Path;
 
+use qcow_core::header::MAX_BACKING_NAME;
+use qcow_core::image::{read_backing_name, read_header};
 use qcow_core::maint::{rebase, set_backing_file};
 use qcow_core::NoBacking;
 use qcow_std::file::FileIo;
@@ -57,8 +59,43 @@ pub fn run(
             ..OpenOptions::default()
         };
         let mut new = qcow_std::open(&path, &opts)?;
+        refuse_loop(file, &path)?;
         rebase(image, &mut new, backing.as_bytes()).map_err(core_err)?;
     }
     image.flush().map_err(core_err)?;
     Ok(0)
+}
+
+/// Refuses a new backing file whose chain (already opened: no deeper than the limit)
+/// comes back to `file`: the image would be its own backing file, and no longer open.
+fn refuse_loop(file: &Path, backing: &Path) -> Result<(), CliError> {
+    use std::os::unix::ffi::OsStrExt;
+    let me = std::fs::canonicalize(file).map_err(|e| err(file, e))?;
+    let mut cur = backing.to_path_buf();
+    for _ in 0..=OpenOptions::default().max_depth {
+        if std::fs::canonicalize(&cur).is_ok_and(|c| c == me) {
+            return Err(err(
+                file,
+                format!(
+                    "the new backing chain through {} comes back to this image",
+                    backing.display()
+                ),
+            ));
+        }
+        if qcow_std::probe(&cur)? != Format::Qcow {
+            return Ok(());
+        }
+        let f = std::fs::File::open(&cur).map_err(|e| err(&cur, e))?;
+        let mut io = FileIo::new(f);
+        let image_err = |e| CliError::from(qcow_std::Error::image(&cur, e));
+        let header = read_header(&mut io).map_err(image_err)?;
+        let mut buf = [0u8; MAX_BACKING_NAME];
+        let name = read_backing_name(&mut io, &header, &mut buf).map_err(image_err)?;
+        if name.is_empty() {
+            return Ok(());
+        }
+        let name = Path::new(std::ffi::OsStr::from_bytes(name)).to_path_buf();
+        cur = qcow_std::open::resolve_backing(&cur, &name);
+    }
+    Ok(())
 }
