@@ -11,6 +11,7 @@ use crate::common::{err, parse_size, CliError, VerbResult};
 
 /// Runs `resize`: SIZE, +SIZE or -SIZE.
 pub fn run(file: &Path, size: &str, shrink: bool, out: &mut dyn Write) -> VerbResult {
+    crate::common::refuse_other_qcow(file)?;
     let format = qcow_std::probe(file)?;
     let f = std::fs::OpenOptions::new()
         .read(true)
