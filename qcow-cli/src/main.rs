@@ -153,6 +153,9 @@ pub enum Verb {
         /// Allow shrinking (drops the clusters past the new end).
         #[arg(long)]
         shrink: bool,
+        /// Secret of an encrypted image (needed to shrink it inside a cluster).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
         /// Image file.
         file: PathBuf,
         /// New size, or +SIZE / -SIZE relative to the current one.

@@ -825,13 +825,26 @@ pub struct Resized {
 /// zeroed when the cluster is plain and unencrypted. A compressed one keeps its bytes
 /// until the image grows again: then, when they are not zeros, the cluster is
 /// rewritten as a plain one holding zeros past the old size. An encrypted one keeps
-/// its bytes (zeroing them needs the key): they reappear when the image grows again.
+/// its bytes (zeroing them needs the key: see [`resize_with_key`]): they reappear
+/// when the image grows again.
 ///
 /// Refuses an image with corruptions ([`Error::Corrupt`]): repair it first.
 pub fn resize<B: BlockIo>(
     io: &mut B,
     new_size: u64,
     shrink: bool,
+) -> Result<Resized, Error<B::Error>> {
+    resize_with_key(io, new_size, shrink, None)
+}
+
+/// [`resize`] for an encrypted image whose key is known: the part of the last cluster
+/// past an unaligned new size is overwritten with encrypted zeros, so it cannot
+/// reappear when the image grows again.
+pub fn resize_with_key<B: BlockIo>(
+    io: &mut B,
+    new_size: u64,
+    shrink: bool,
+    cipher: Option<&crate::crypt::Cipher>,
 ) -> Result<Resized, Error<B::Error>> {
     let s = scan(io, false)?;
     require_sound(&s.report)?;
@@ -892,17 +905,23 @@ pub fn resize<B: BlockIo>(
     let tail = limit & cs.saturating_sub(1);
     // A plain cluster written at the end of the file (it holds a compressed one).
     let mut fresh: Option<u64> = None;
-    if tail != 0 && !old.is_encrypted() {
+    if tail != 0 && (!old.is_encrypted() || cipher.is_some()) {
         let first = limit.saturating_sub(tail);
         let last = exts.iter().find(|x| {
             matches!(x.kind, ExtKind::Data | ExtKind::Compressed)
                 && x.reference(&old_geo).guest == first
         });
-        match last {
-            Some(x) if x.kind == ExtKind::Data => {
+        match (last, cipher.filter(|_| old.is_encrypted())) {
+            (Some(x), Some(c)) if x.kind == ExtKind::Data => {
+                let mut zeros = zeroed(usize::try_from(cs.saturating_sub(tail)).unwrap_or(0))?;
+                c.encrypt(limit / 512, &mut zeros);
+                dev.write(x.host.saturating_add(tail), &zeros)?;
+            }
+            (_, Some(_)) => {}
+            (Some(x), None) if x.kind == ExtKind::Data => {
                 dev.write_zeros(x.host.saturating_add(tail), cs.saturating_sub(tail))?;
             }
-            Some(x) if !shrinking => fresh = unpack_cut(&mut dev, x, tail)?,
+            (Some(x), None) if !shrinking => fresh = unpack_cut(&mut dev, x, tail)?,
             _ => {}
         }
     }

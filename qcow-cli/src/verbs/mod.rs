@@ -104,7 +104,12 @@ pub fn run(verb: Verb, out: &mut dyn Write) -> VerbResult {
             password_file,
             file,
         } => commit::run(&file, password_file.as_deref(), out),
-        Verb::Resize { shrink, file, size } => resize::run(&file, &size, shrink, out),
+        Verb::Resize {
+            shrink,
+            password_file,
+            file,
+            size,
+        } => resize::run(&file, &size, shrink, password_file.as_deref(), out),
         Verb::Rebase {
             unsafe_mode,
             backing,
