@@ -11,19 +11,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-/// `--object secret,...` for a password file.
-fn secret_object(pw: &Path) -> String {
-    format!("secret,id=s0,file={}", pw.display())
-}
-
-/// `--image-opts` of an encrypted qcow image.
-fn image_opts(img: &Path) -> String {
-    format!(
-        "driver=qcow,file.filename={},encrypt.key-secret=s0",
-        img.display()
-    )
-}
-
 fn qemu_create(img: &Path, pw: &Path, size: &str) -> OutOrPanic {
     let o = qemu_img(&[
         &"create",
@@ -45,24 +32,6 @@ impl OutOrPanic {
     fn ok(self) {
         assert_eq!(self.0.code, 0, "qemu-img create: {}", self.0.stderr);
     }
-}
-
-fn qemu_io_enc(img: &Path, pw: &Path, cmds: &[String]) {
-    let obj = secret_object(pw);
-    let opts = image_opts(img);
-    let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"--object", &obj, &"--image-opts"];
-    for c in cmds {
-        args.push(&"-c");
-        args.push(c);
-    }
-    args.push(&opts);
-    qemu_io_ok(&args);
-}
-
-/// The guest content of an encrypted image as QEMU decrypts it.
-fn qemu_decrypted(img: &Path, pw: &Path, dir: &Path) -> Vec<u8> {
-    let obj = secret_object(pw);
-    qemu_raw(&image_opts(img), &[&"--object", &obj, &"--image-opts"], dir)
 }
 
 /// Asserts QEMU decrypts `img` with `pw` to exactly `model` (a raw file).

@@ -261,38 +261,6 @@ fn qemu_base(d: &Path, seed: u64, compressed: bool) -> (PathBuf, Vec<u8>) {
     (img, raw)
 }
 
-/// `--object secret,...` for a password file.
-fn secret_object(pw: &Path) -> String {
-    format!("secret,id=s0,file={}", pw.display())
-}
-
-/// `--image-opts` of an encrypted qcow image.
-fn image_opts(img: &Path) -> String {
-    format!(
-        "driver=qcow,file.filename={},encrypt.key-secret=s0",
-        img.display()
-    )
-}
-
-/// QEMU's decrypted view of an encrypted image.
-fn qemu_decrypted(img: &Path, pw: &Path, d: &Path) -> Vec<u8> {
-    let obj = secret_object(pw);
-    qemu_raw(&image_opts(img), &[&"--object", &obj, &"--image-opts"], d)
-}
-
-/// `qemu-io` commands on an encrypted image.
-fn qemu_io_enc(img: &Path, pw: &Path, cmds: &[String]) {
-    let obj = secret_object(pw);
-    let opts = image_opts(img);
-    let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"--object", &obj, &"--image-opts"];
-    for c in cmds {
-        args.push(&"-c");
-        args.push(c);
-    }
-    args.push(&opts);
-    qemu_io_ok(&args);
-}
-
 /// `qemu-img create -f qcow` encrypted with the secret in `pw` (and a backing file).
 fn qemu_create_encrypted(img: &Path, pw: &Path, size: &str, backing: Option<&str>) {
     let obj = secret_object(pw);
@@ -486,18 +454,7 @@ fn check_passes_every_image_qemu_makes() {
     );
     check(&enc, 0, "encrypted after writes");
     let enc_conv = d.join("enc-conv.qcow");
-    let obj = secret_object(&pw);
-    qemu_img_ok(&[
-        &"convert",
-        &"--object",
-        &obj,
-        &"-O",
-        &"qcow",
-        &"-o",
-        &"encrypt.format=aes,encrypt.key-secret=s0",
-        &src,
-        &enc_conv,
-    ]);
+    qemu_convert_encrypted(&src, &enc_conv, &pw);
     check(&enc_conv, 0, "encrypted convert");
     assert_bytes_eq(
         &qemu_decrypted(&enc_conv, &pw, d),
@@ -826,18 +783,7 @@ fn repairs_of_an_encrypted_image_keep_what_qemu_decrypts() {
     let src = d.join("src.raw");
     write(&src, &rng.bytes(1 << 20));
     let img = d.join("enc.qcow");
-    let obj = secret_object(&pw);
-    qemu_img_ok(&[
-        &"convert",
-        &"--object",
-        &obj,
-        &"-O",
-        &"qcow",
-        &"-o",
-        &"encrypt.format=aes,encrypt.key-secret=s0",
-        &src,
-        &img,
-    ]);
+    qemu_convert_encrypted(&src, &img, &pw);
     let raw = read(&src);
     let (h, e) = entries(&img);
     let (a, b) = (e[7], e[200]);

@@ -783,3 +783,51 @@ pub fn check_reads(
     let o = run_read(size - 1, 2);
     assert_fails(&o, 1, &format!("{what}: read past the end"));
 }
+
+/// `--object secret,...` for a password file (the secret's id is `s0`).
+pub fn secret_object(pw: &Path) -> String {
+    format!("secret,id=s0,file={}", pw.display())
+}
+
+/// `--image-opts` of an encrypted qcow image whose secret is `s0`.
+pub fn image_opts(img: &Path) -> String {
+    format!(
+        "driver=qcow,file.filename={},encrypt.key-secret=s0",
+        img.display()
+    )
+}
+
+/// The guest content of an encrypted image as QEMU decrypts it.
+pub fn qemu_decrypted(img: &Path, pw: &Path, dir: &Path) -> Vec<u8> {
+    let obj = secret_object(pw);
+    qemu_raw(&image_opts(img), &[&"--object", &obj, &"--image-opts"], dir)
+}
+
+/// `qemu-io` commands on an encrypted image.
+pub fn qemu_io_enc(img: &Path, pw: &Path, cmds: &[String]) {
+    let obj = secret_object(pw);
+    let opts = image_opts(img);
+    let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"--object", &obj, &"--image-opts"];
+    for c in cmds {
+        args.push(&"-c");
+        args.push(c);
+    }
+    args.push(&opts);
+    qemu_io_ok(&args);
+}
+
+/// `qemu-img convert -O qcow` of `src` into `dst`, encrypted with the secret in `pw`.
+pub fn qemu_convert_encrypted(src: &Path, dst: &Path, pw: &Path) {
+    let obj = secret_object(pw);
+    qemu_img_ok(&[
+        &"convert",
+        &"--object",
+        &obj,
+        &"-O",
+        &"qcow",
+        &"-o",
+        &"encrypt.format=aes,encrypt.key-secret=s0",
+        &src,
+        &dst,
+    ]);
+}
