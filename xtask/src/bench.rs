@@ -132,19 +132,34 @@ fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
+/// `qemu-img convert FLAGS SRC OUT` and `qcow convert FLAGS SRC OUT`.
+fn convert_args(
+    qcow: &str,
+    flags: &[&str],
+    src: &str,
+    out: (&str, &str),
+) -> (Vec<String>, Vec<String>) {
+    let argv = |prog: &str, dst: &str| {
+        let mut v = s(&[prog, "convert"]);
+        v.extend(s(flags));
+        v.extend(s(&[src, dst]));
+        v
+    };
+    (argv("qemu-img", out.0), argv(qcow, out.1))
+}
+
 /// Runs `qemu` and `ours` alternately `rounds` times, removing each one's output first.
 fn pair(
     rounds: usize,
-    qemu: &[String],
-    ours: &[String],
+    (qemu, ours): (Vec<String>, Vec<String>),
     outputs: (&Path, &Path),
 ) -> Result<(Vec<Sample>, Vec<Sample>), String> {
     let (mut q, mut o) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let _ = std::fs::remove_file(outputs.0);
-        q.push(measure(qemu, true)?);
+        q.push(measure(&qemu, true)?);
         let _ = std::fs::remove_file(outputs.1);
-        o.push(measure(ours, true)?);
+        o.push(measure(&ours, true)?);
     }
     Ok((q, o))
 }
@@ -238,64 +253,34 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let out_r = p("out.raw");
     let (q, o) = pair(
         rounds,
-        &s(&[
-            "qemu-img",
-            "convert",
-            "-O",
-            "qcow",
-            &ps("mixed.raw"),
-            &ps("out.qcow"),
-        ]),
-        &s(&[
+        convert_args(
             &qcow,
-            "convert",
-            "-O",
-            "qcow",
+            &["-O", "qcow"],
             &ps("mixed.raw"),
-            &ps("out.qcow"),
-        ]),
+            (&ps("out.qcow"), &ps("out.qcow")),
+        ),
         (&out_q, &out_q),
     )?;
     rows.push(row("raw → qcow", "≥ 4", &q, &o, String::new()));
     let (q, o) = pair(
         rounds,
-        &s(&[
-            "qemu-img",
-            "convert",
-            "-O",
-            "raw",
-            &ps("in-plain.qcow"),
-            &ps("out.raw"),
-        ]),
-        &s(&[
+        convert_args(
             &qcow,
-            "convert",
-            "-O",
-            "raw",
+            &["-O", "raw"],
             &ps("in-plain.qcow"),
-            &ps("out.raw"),
-        ]),
+            (&ps("out.raw"), &ps("out.raw")),
+        ),
         (&out_r, &out_r),
     )?;
     rows.push(row("qcow → raw", "≥ 3", &q, &o, String::new()));
     let (q, o) = pair(
         rounds,
-        &s(&[
-            "qemu-img",
-            "convert",
-            "-O",
-            "raw",
-            &ps("in-comp.qcow"),
-            &ps("out.raw"),
-        ]),
-        &s(&[
+        convert_args(
             &qcow,
-            "convert",
-            "-O",
-            "raw",
+            &["-O", "raw"],
             &ps("in-comp.qcow"),
-            &ps("out.raw"),
-        ]),
+            (&ps("out.raw"), &ps("out.raw")),
+        ),
         (&out_r, &out_r),
     )?;
     rows.push(row("compressed qcow → raw", "≥ 3", &q, &o, String::new()));
@@ -304,24 +289,12 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let oc = p("ours-c.qcow");
     let (q, o) = pair(
         rounds,
-        &s(&[
-            "qemu-img",
-            "convert",
-            "-c",
-            "-O",
-            "qcow",
-            &ps("mixed.raw"),
-            &ps("qemu-c.qcow"),
-        ]),
-        &s(&[
+        convert_args(
             &qcow,
-            "convert",
-            "-c",
-            "-O",
-            "qcow",
+            &["-c", "-O", "qcow"],
             &ps("mixed.raw"),
-            &ps("ours-c.qcow"),
-        ]),
+            (&ps("qemu-c.qcow"), &ps("ours-c.qcow")),
+        ),
         (&qc, &oc),
     )?;
     for (img, who) in [(&qc, "qemu-img"), (&oc, "qcow")] {
@@ -346,30 +319,32 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     ));
     let (q, o) = pair(
         rounds,
-        &s(&[
-            "qemu-img",
-            "convert",
-            "--object",
-            &secret,
-            "--image-opts",
-            &format!(
-                "driver=qcow,file.filename={},encrypt.key-secret=s0",
-                ps("in-enc.qcow")
-            ),
-            "-O",
-            "raw",
-            &ps("out.raw"),
-        ]),
-        &s(&[
-            &qcow,
-            "convert",
-            "--password-file",
-            &ps("pw"),
-            "-O",
-            "raw",
-            &ps("in-enc.qcow"),
-            &ps("out.raw"),
-        ]),
+        (
+            s(&[
+                "qemu-img",
+                "convert",
+                "--object",
+                &secret,
+                "--image-opts",
+                &format!(
+                    "driver=qcow,file.filename={},encrypt.key-secret=s0",
+                    ps("in-enc.qcow")
+                ),
+                "-O",
+                "raw",
+                &ps("out.raw"),
+            ]),
+            s(&[
+                &qcow,
+                "convert",
+                "--password-file",
+                &ps("pw"),
+                "-O",
+                "raw",
+                &ps("in-enc.qcow"),
+                &ps("out.raw"),
+            ]),
+        ),
         (&out_r, &out_r),
     )?;
     rows.push(row("encrypted qcow → raw", "≥ 1", &q, &o, String::new()));
