@@ -40,10 +40,15 @@ pub enum Output {
 }
 
 /// Parses a SIZE: bytes, or a number with a suffix k/K, M, G, T, P, E (powers of 1024),
-/// as qemu-img does (a fraction is allowed with a suffix: `1.5G`).
+/// as qemu-img does (a fraction is allowed with a suffix: `1.5G`; `0x` hexadecimal
+/// without one).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let bad = || format!("invalid size '{s}' (bytes, or a number with k, M, G, T, P or E)");
     let s = s.trim();
+    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        // As qemu: hexadecimal bytes, without a suffix.
+        return u64::from_str_radix(hex, 16).map_err(|_| bad());
+    }
     let (num, mult) = match s.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let shift = match c {
@@ -204,6 +209,9 @@ mod tests {
         assert!(parse_size("").is_err());
         assert!(parse_size("-1").is_err());
         assert!(parse_size("16E").is_err());
+        assert_eq!(parse_size("0x1000"), Ok(4096));
+        assert!(parse_size("0x1M").is_err());
+        assert!(parse_size("0x").is_err());
     }
 
     #[test]
