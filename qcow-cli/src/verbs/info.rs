@@ -73,7 +73,14 @@ pub fn run(file: &Path, format: Option<Format>, output: Output, out: &mut dyn Wr
                 writeln!(out, "cluster_size: {c}").map_err(w)?;
             }
             if let Some(b) = &backing {
-                writeln!(out, "backing file: {b}").map_err(w)?;
+                // As qemu-img: the resolved path too, when it differs from the name.
+                let full = qcow_std::open::resolve_backing(file, Path::new(b));
+                if full.as_os_str() == std::ffi::OsStr::new(b) {
+                    writeln!(out, "backing file: {b}").map_err(w)?;
+                } else {
+                    writeln!(out, "backing file: {b} (actual path: {})", full.display())
+                        .map_err(w)?;
+                }
             }
         }
     }
