@@ -216,11 +216,36 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
+            // A usage error is an error: exit 2 for compare (its own codes), else 1.
+            let compare = std::env::args().nth(1).is_some_and(|v| v == "compare");
             let code = match e.kind() {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ if compare => 2,
                 _ => 1,
             };
-            let _ = e.print();
+            if code == 0 {
+                let _ = e.print();
+            } else {
+                // One line, as every error of ours: `qcow: what is wrong`.
+                let what = if e.kind()
+                    == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                {
+                    "a verb is required".to_string()
+                } else {
+                    let text = e.render().to_string();
+                    let words: Vec<&str> = text
+                        .lines()
+                        .take_while(|l| !l.trim().is_empty())
+                        .map(str::trim)
+                        .collect();
+                    let joined = words.join(" ");
+                    joined
+                        .strip_prefix("error: ")
+                        .unwrap_or(&joined)
+                        .to_string()
+                };
+                eprintln!("qcow: {what} (see qcow --help)");
+            }
             return ExitCode::from(code);
         }
     };

@@ -29,3 +29,23 @@ fn qcow2_is_not_modified_as_raw() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert_eq!(&read(&img)[100..105], b"hello");
 }
+
+/// Usage errors are one `qcow: ` line too; compare's are exit 2 (its error code).
+#[test]
+fn usage_errors_are_one_line() {
+    for (args, code) in [
+        (vec!["info"], 1),
+        (vec!["bogus"], 1),
+        (vec!["convert", "-O", "qcow2", "a", "b"], 1),
+        (vec!["check", "-r", "everything", "x"], 1),
+        (vec!["compare", "a"], 2),
+        (vec![], 1),
+    ] {
+        let a: Vec<&dyn AsRef<std::ffi::OsStr>> = args
+            .iter()
+            .map(|s| s as &dyn AsRef<std::ffi::OsStr>)
+            .collect();
+        let o = qcow(&a);
+        assert_fails(&o, code, &format!("qcow {args:?}"));
+    }
+}
