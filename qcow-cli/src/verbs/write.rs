@@ -32,9 +32,9 @@ fn past_end(file: &Path, at: u64, n: u64, size: u64) -> CliError {
     )
 }
 
-/// Runs `write`, taking the data from `input`; `input_len`, when known, is checked
-/// against the virtual size first (otherwise each chunk is checked before it is
-/// written, so a piped stream too long for the image is cut after whole chunks).
+/// Runs `write`, taking the data from `input`; `input_len`, when known (stdin is a
+/// file), is checked against the virtual size first; otherwise the input is spooled
+/// first and refused whole when it is too long. Nothing is written then.
 pub fn run(
     file: &Path,
     format: Option<Format>,
@@ -57,19 +57,99 @@ pub fn run(
     }
     let mut buf = vec![0u8; CHUNK];
     let mut at = offset;
-    loop {
-        let n = fill(input, &mut buf).map_err(|e| CliError(format!("cannot read stdin: {e}")))?;
-        if n == 0 {
-            break;
+    if input_len.is_some() {
+        loop {
+            let n =
+                fill(input, &mut buf).map_err(|e| CliError(format!("cannot read stdin: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            if at.checked_add(n as u64).is_none_or(|e| e > size) {
+                return Err(past_end(file, at, n as u64, size));
+            }
+            write_chunk(&mut disk, at, &buf[..n], compress)?;
+            at += n as u64;
         }
-        if at.checked_add(n as u64).is_none_or(|e| e > size) {
-            return Err(past_end(file, at, n as u64, size));
+    } else {
+        // A pipe: take all of it first (into an unlinked temporary file past the first
+        // chunk), so a stream too long for the image is refused before anything is
+        // written.
+        let spool = spool(input, size.saturating_sub(offset), &mut buf)
+            .map_err(|e| CliError(format!("cannot read stdin: {e}")))?
+            .ok_or_else(|| {
+                err(
+                    file,
+                    format!(
+                        "write at offset {offset} of more than {} bytes reaches past the virtual size {size}",
+                        size.saturating_sub(offset)
+                    ),
+                )
+            })?;
+        match spool {
+            Spool::Memory(n) => write_chunk(&mut disk, at, &buf[..n], compress)?,
+            Spool::File(f, total) => {
+                use std::os::unix::fs::FileExt;
+                let mut done = 0u64;
+                while done < total {
+                    let n = (total - done).min(CHUNK as u64) as usize;
+                    f.read_exact_at(&mut buf[..n], done)
+                        .map_err(|e| CliError(format!("cannot read the spooled input: {e}")))?;
+                    write_chunk(&mut disk, at, &buf[..n], compress)?;
+                    at += n as u64;
+                    done += n as u64;
+                }
+            }
         }
-        write_chunk(&mut disk, at, &buf[..n], compress)?;
-        at += n as u64;
     }
     disk.flush()?;
     Ok(0)
+}
+
+/// Where [`spool`] put the input.
+enum Spool {
+    /// All of it is in the buffer: this many bytes.
+    Memory(usize),
+    /// In this unlinked file, this many bytes.
+    File(std::fs::File, u64),
+}
+
+/// Reads all of `input`; `None` when it holds more than `limit` bytes.
+fn spool(input: &mut dyn Read, limit: u64, buf: &mut [u8]) -> std::io::Result<Option<Spool>> {
+    use std::io::Write;
+    let n = fill(input, buf)?;
+    if n as u64 > limit {
+        return Ok(None);
+    }
+    if n < buf.len() {
+        return Ok(Some(Spool::Memory(n)));
+    }
+    let path = std::env::temp_dir().join(format!(
+        "qcow-write-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    f.write_all(&buf[..n])?;
+    let mut total = n as u64;
+    loop {
+        let k = fill(input, buf)?;
+        if k == 0 {
+            break;
+        }
+        total += k as u64;
+        if total > limit {
+            return Ok(None);
+        }
+        f.write_all(&buf[..k])?;
+    }
+    Ok(Some(Spool::File(f, total)))
 }
 
 fn fill(input: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
