@@ -11,7 +11,9 @@
 //! overlapping the header, the backing file name or the L1 table, two references
 //! sharing bytes (in host order the later one is reported, naming the one it
 //! overlaps, except that an L2 table is reported rather than the data it overlaps: the
-//! reported one is what a repair copies elsewhere), a compressed stream that is
+//! reported one is what a repair copies elsewhere; an L2 table sharing bytes only with
+//! extents reported themselves is reported too, naming the one reaching furthest, as
+//! a repair writes into the tables it keeps), a compressed stream that is
 //! empty, invalid or inflates to less than one cluster (one that would inflate past a
 //! cluster is accepted, as QEMU reads its first cluster), and an entry mapping guest
 //! bytes past the virtual size.
@@ -305,7 +307,7 @@ pub(crate) enum ExtKind {
 /// The extent excludes itself from overlap checks: past EOF, on metadata, or empty.
 pub(crate) const BAD: u8 = 1;
 /// An L2 table whose entries were walked.
-const WALKED: u8 = 2;
+pub(crate) const WALKED: u8 = 2;
 
 /// One extent of the file, packed (24 bytes): metadata or a reference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -688,30 +690,41 @@ pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Er
 
     // Overlaps between sound references, swept in host order: of two overlapping
     // extents the later one is reported, except that an L2 table is reported rather
-    // than the data it overlaps (repairing moves the reported one).
+    // than the data it overlaps (repairing moves the reported one). A table that
+    // shares bytes only with reported extents is reported too: a repair writes into
+    // tables before it copies data away, so every table it keeps must share no byte.
     let mut kept: Option<Ext> = None;
+    // The reported extent reaching furthest.
+    let mut reported: Option<Ext> = None;
     for x in exts
         .iter()
         .filter(|x| x.ref_kind().is_some() && x.flags & BAD == 0)
     {
-        match kept {
-            Some(k) if x.host < k.end() => {
-                let (moved, stays) = if k.kind == ExtKind::L2Table && x.kind != ExtKind::L2Table {
+        let (moved, stays) = match (kept, reported) {
+            (Some(k), _) if x.host < k.end() => {
+                if k.kind == ExtKind::L2Table && x.kind != ExtKind::L2Table {
                     kept = Some(*x);
                     (k, *x)
                 } else {
                     (*x, k)
-                };
-                push(
-                    &mut corruptions,
-                    Corruption::Overlap {
-                        reference: moved.reference(&geo),
-                        other: stays.reference(&geo),
-                    },
-                )?
+                }
             }
-            _ => kept = Some(*x),
+            (_, Some(r)) if x.kind == ExtKind::L2Table && x.host < r.end() => (*x, r),
+            _ => {
+                kept = Some(*x);
+                continue;
+            }
+        };
+        if reported.is_none_or(|r| moved.end() > r.end()) {
+            reported = Some(moved);
         }
+        push(
+            &mut corruptions,
+            Corruption::Overlap {
+                reference: moved.reference(&geo),
+                other: stays.reference(&geo),
+            },
+        )?
     }
 
     // Leaks: free bytes that are not padding.

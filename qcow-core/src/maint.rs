@@ -23,7 +23,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::check::{
-    align_up, push, scan, zeroed, Corruption, Ext, ExtKind, Reference, Report, Scan,
+    align_up, push, scan, zeroed, Corruption, Ext, ExtKind, Reference, Report, Scan, BAD, WALKED,
 };
 use crate::cluster::inflate;
 use crate::entry::L2Entry;
@@ -340,8 +340,9 @@ pub fn repair<B: BlockIo>(io: &mut B, mode: RepairMode) -> Result<RepairReport, 
     if mode == RepairMode::All {
         // Each round fixes what the last check found; copying a shared L2 table makes
         // its entries visible to the next round, so a few rounds may be needed.
+        let mut deferred = Vec::new();
         for _ in 0..16 {
-            if !fix_corruptions(io, &s, &mut actions)? {
+            if !fix_corruptions(io, &s, &mut deferred, &mut actions)? {
                 break;
             }
             s = scan(io, true)?;
@@ -386,13 +387,25 @@ enum Fix {
 type Step = (Ext, Fix, Corruption);
 
 /// One round of corruption repairs from a scan; returns whether anything changed.
+/// `deferred` carries the drops a round puts off to the next one.
 fn fix_corruptions<B: BlockIo>(
     io: &mut B,
     s: &Scan,
+    deferred: &mut Vec<Step>,
     actions: &mut Vec<Action>,
 ) -> Result<bool, Error<B::Error>> {
     // One decision per reference; dropping wins over copying.
     let mut plan: BTreeMap<(bool, u32, u16, ExtKind), Step> = BTreeMap::new();
+    let mut add = |(x, fix, c): Step| {
+        let key = (x.kind != ExtKind::L2Table, x.l1, x.l2, x.kind);
+        match plan.get_mut(&key) {
+            Some(p) if fix < p.1 => *p = (x, fix, c),
+            Some(_) => {}
+            None => {
+                plan.insert(key, (x, fix, c));
+            }
+        }
+    };
     for c in &s.report.corruptions {
         let Some(x) = c.reference().and_then(ext_of) else {
             continue;
@@ -401,14 +414,32 @@ fn fix_corruptions<B: BlockIo>(
             Corruption::Misaligned { .. } | Corruption::Overlap { .. } => Fix::Copy,
             _ => Fix::Drop,
         };
-        let key = (x.kind != ExtKind::L2Table, x.l1, x.l2, x.kind);
-        match plan.get_mut(&key) {
-            Some(p) if fix < p.1 => *p = (x, fix, *c),
-            Some(_) => {}
-            None => {
-                plan.insert(key, (x, fix, *c));
-            }
+        add((x, fix, *c));
+    }
+    // The drops the last round put off, where the reference is still there: one past
+    // the end of the file may point at the tables copied there since.
+    for step in core::mem::take(deferred) {
+        if s.exts.binary_search_by_key(&step.0.key(), Ext::key).is_ok() {
+            add(step);
         }
+    }
+    // While a sound table is not walked (it shares bytes with another table), its
+    // entries are unknown and may point into the tables whose entries would be
+    // written: this round only moves tables (the unwalked ones are reported), the
+    // next one walks them and fixes the entries.
+    let unwalked = s
+        .exts
+        .iter()
+        .any(|x| x.kind == ExtKind::L2Table && x.flags & (BAD | WALKED) == 0);
+    if unwalked && plan.values().any(|(x, ..)| x.kind == ExtKind::L2Table) {
+        let entries = plan
+            .values()
+            .filter(|(x, f, _)| x.kind != ExtKind::L2Table && *f == Fix::Drop);
+        deferred
+            .try_reserve(entries.clone().count())
+            .map_err(|_| Error::OutOfMemory)?;
+        deferred.extend(entries.copied());
+        plan.retain(|_, (x, ..)| x.kind == ExtKind::L2Table);
     }
     if plan.is_empty() {
         return Ok(false);

@@ -839,3 +839,121 @@ fn faults_repair_packing_dead_streams() {
         },
     );
 }
+
+/// The big-endian u64 at `at`.
+fn get(io: &mut MemIo, at: u64) -> u64 {
+    let mut b = [0u8; 8];
+    io.read_at(at, &mut b).unwrap();
+    u64::from_be_bytes(b)
+}
+
+fn put(io: &mut MemIo, at: u64, v: u64) {
+    io.write_at(at, &v.to_be_bytes()).unwrap();
+}
+
+/// Guest cluster `cl` (4 KiB) as the image reads it.
+fn cluster(io: &MemIo, cl: u64) -> Vec<u8> {
+    let mut img = open(io.clone());
+    let mut out = vec![0u8; 4096];
+    img.read_at(cl * 4096, &mut out).unwrap();
+    out
+}
+
+/// A misaligned data cluster B overlaps data cluster A and, with its last KiB, the
+/// start of the next L2 table C; C is clear of A, and C holds an entry past the end of
+/// the file. The repair copies B elsewhere and zeroes C's bad entry: the zero must not
+/// land in B's bytes (it did: entry drops were written into C before B was copied,
+/// because only B, not C, was reported for the overlap).
+#[test]
+fn repair_keeps_a_misaligned_cluster_that_reaches_into_a_table() {
+    // 4 KiB clusters, 4 KiB tables (2 MiB each): guest cluster 0 at 4096, table 0 at
+    // 8192, guest 2 MiB (A) at 12288, table 1 (C) at 16384.
+    let (mut io, mut model) = written(
+        new_image(4 << 20, 12, 9, None),
+        &[
+            (0, pattern(1, 4096), false),
+            (2 << 20, pattern(2, 4096), false),
+        ],
+    );
+    let l1o = read_header(&mut io).unwrap().l1_table_offset;
+    let (t0, t1) = (get(&mut io, l1o), get(&mut io, l1o + 8));
+    let a = get(&mut io, t1);
+    assert_eq!((t0, a, t1), (8192, 12288, 16384));
+    // Guest cluster 1 (B) at 13312: A's last 3 KiB, then C's entries 0..128.
+    let b = a + 1024;
+    put(&mut io, t0 + 8, b);
+    // C's entry 5 past the end of the file.
+    put(&mut io, t1 + 8 * 5, 1 << 30);
+    let b_before = cluster(&io, 1);
+    assert_eq!(b_before[3072 + 40..3072 + 48], (1u64 << 30).to_be_bytes());
+    model[4096..8192].copy_from_slice(&b_before);
+    let r = check(&mut io).unwrap();
+    let reference = |kind, l1_index, l2_index: Option<u64>, host| Reference {
+        kind,
+        l1_index,
+        l2_index,
+        guest: l1_index * (2 << 20) + l2_index.unwrap_or(0) * 4096,
+        host,
+        len: 4096,
+    };
+    let b_ref = reference(crate::RefKind::DataCluster, 0, Some(1), b);
+    // C shares bytes with B (which is reported for overlapping A): C is reported too.
+    assert!(
+        r.corruptions.contains(&Corruption::Overlap {
+            reference: reference(crate::RefKind::L2Table, 1, None, t1),
+            other: b_ref,
+        }),
+        "{:?}",
+        r.corruptions
+    );
+    let rep = repair(&mut io, RepairMode::All).unwrap();
+    assert!(rep.after.is_clean(), "{:?}", rep.after);
+    // Guest cluster 1 reads as before; C's bad entry now reads zeros.
+    assert_eq!(cluster(&io, 1), b_before);
+    assert_eq!(content(&io), model);
+}
+
+/// L2 table U (L1[2]) is misaligned over the second half of table 0 and the first
+/// half of data cluster A, where one of U's entries (D) points at table 1, whose
+/// entry 5 is past the end of the file. U overlaps table 0, so the first check does
+/// not walk it: D is unknown until U is copied. Table 1 must not be written (its bad
+/// entry zeroed) before that, or D's bytes change. The bad entry points just past the
+/// end, where U's copy goes: it is still dropped, not left reading the copy.
+#[test]
+fn repair_writes_no_table_before_every_table_is_walked() {
+    // Guest cluster 0 at 4096, table 0 at 8192, guest 2 MiB (A) at 12288, table 1 at
+    // 16384.
+    let t1 = 16384u64;
+    let mut a_data = vec![0u8; 4096];
+    a_data[24..32].copy_from_slice(&t1.to_be_bytes());
+    let (mut io, mut model) = written(
+        new_image(8 << 20, 12, 9, None),
+        &[(0, pattern(1, 4096), false), (2 << 20, a_data, false)],
+    );
+    let l1o = read_header(&mut io).unwrap().l1_table_offset;
+    let t0 = get(&mut io, l1o);
+    assert_eq!((t0, get(&mut io, l1o + 8)), (8192, t1));
+    assert_eq!(get(&mut io, t1), 12288);
+    let u = t0 + 2048;
+    put(&mut io, l1o + 16, u);
+    let end = io.0.len() as u64;
+    assert_eq!(end, 20480);
+    put(&mut io, t1 + 8 * 5, end);
+    // D: U's entry 256 + 3, the fourth entry of A.
+    let d = (4 << 20) / 4096 + 259;
+    let d_before = cluster(&io, d);
+    assert_eq!(d_before[40..48], end.to_be_bytes());
+    model[d as usize * 4096..(d as usize + 1) * 4096].copy_from_slice(&d_before);
+    // U maps what table 0's second half maps (nothing), and D.
+    let rep = repair(&mut io, RepairMode::All).unwrap();
+    assert!(rep.after.is_clean(), "{:?}", rep.after);
+    assert_eq!(cluster(&io, d), d_before);
+    // Table 1's entry 5 reads zeros, as the model has it.
+    assert_eq!(content(&io), model);
+    assert!(rep.actions.iter().any(|a| matches!(
+        a,
+        Action::Dropped {
+            corruption: Corruption::PastEof { reference, file_len: 20480 }
+        } if reference.l1_index == 1 && reference.l2_index == Some(5)
+    )));
+}
