@@ -341,8 +341,12 @@ pub fn repair<B: BlockIo>(io: &mut B, mode: RepairMode) -> Result<RepairReport, 
         // Each round fixes what the last check found; copying a shared L2 table makes
         // its entries visible to the next round, so a few rounds may be needed.
         let mut deferred = Vec::new();
+        let mut made = Made {
+            start_len: s.report.file_len,
+            pointers: Vec::new(),
+        };
         for _ in 0..16 {
-            if !fix_corruptions(io, &s, &mut deferred, &mut actions)? {
+            if !fix_corruptions(io, &s, &mut deferred, &mut made, &mut actions)? {
                 break;
             }
             s = scan(io, true)?;
@@ -386,12 +390,22 @@ enum Fix {
 /// A planned repair of one reference.
 type Step = (Ext, Fix, Corruption);
 
+/// What the rounds of a repair wrote past the end of the file it started with.
+struct Made {
+    /// The file length before the repair: every copy lands at or past it.
+    start_len: u64,
+    /// The pointers switched to those copies (kind, L1 index, L2 index, host), sorted.
+    pointers: Vec<(ExtKind, u32, u16, u64)>,
+}
+
 /// One round of corruption repairs from a scan; returns whether anything changed.
-/// `deferred` carries the drops a round puts off to the next one.
+/// `deferred` carries the drops a round puts off to the next one; `made`, the copies
+/// made so far.
 fn fix_corruptions<B: BlockIo>(
     io: &mut B,
     s: &Scan,
     deferred: &mut Vec<Step>,
+    made: &mut Made,
     actions: &mut Vec<Action>,
 ) -> Result<bool, Error<B::Error>> {
     // One decision per reference; dropping wins over copying.
@@ -406,6 +420,27 @@ fn fix_corruptions<B: BlockIo>(
             }
         }
     };
+    // A reference reaching past the end of the file the repair started with is past
+    // the end, even where copies appended since put bytes under it (it was in a table
+    // not walked then): every copy lands there, so only the pointers the repair
+    // switched to its copies may point there.
+    for x in s
+        .exts
+        .iter()
+        .filter(|x| x.ref_kind().is_some() && x.end() > made.start_len)
+    {
+        if made
+            .pointers
+            .binary_search(&(x.kind, x.l1, x.l2, x.host))
+            .is_err()
+        {
+            let c = Corruption::PastEof {
+                reference: x.reference(&s.geo),
+                file_len: made.start_len,
+            };
+            add((*x, Fix::Drop, c));
+        }
+    }
     for c in &s.report.corruptions {
         let Some(x) = c.reference().and_then(ext_of) else {
             continue;
@@ -479,6 +514,7 @@ fn fix_corruptions<B: BlockIo>(
                 let to = dev.append_pos(x.align(cs));
                 dev.copy(x.host, to, u64::from(x.len))?;
                 push(&mut copies, (*x, to))?;
+                push(&mut made.pointers, (x.kind, x.l1, x.l2, to))?;
                 push(actions, Action::Copied { corruption: *c, to })?;
             }
         }
@@ -496,6 +532,7 @@ fn fix_corruptions<B: BlockIo>(
             dropped_tables.extend(group.iter().map(|(x, ..)| x.l1));
         }
     }
+    made.pointers.sort_unstable();
     Ok(true)
 }
 

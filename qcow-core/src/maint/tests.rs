@@ -957,3 +957,56 @@ fn repair_writes_no_table_before_every_table_is_walked() {
         } if reference.l1_index == 1 && reference.l2_index == Some(5)
     )));
 }
+
+/// L2 table U (L1[2]) is misaligned over the second half of table 0 and the first
+/// half of data cluster A, so the first round does not walk it; one of its entries
+/// (D) points just past the end of the file, where the round copies U. From the
+/// next round on, D points at real bytes (U's copy, then leaked space): it must still
+/// be dropped as past the end of the file it was found in, not kept reading bytes it
+/// never had.
+#[test]
+fn repair_drops_an_entry_past_the_end_in_a_table_walked_late() {
+    // Guest cluster 0 at 4096, table 0 at 8192, guest 2 MiB (A) at 12288, table 1 at
+    // 16384; the file ends at 20480.
+    let end = 20480u64;
+    let mut a_data = vec![0u8; 4096];
+    a_data[24..32].copy_from_slice(&end.to_be_bytes());
+    let (mut io, model) = written(
+        new_image(8 << 20, 12, 9, None),
+        &[(0, pattern(1, 4096), false), (2 << 20, a_data, false)],
+    );
+    let l1o = read_header(&mut io).unwrap().l1_table_offset;
+    let t0 = get(&mut io, l1o);
+    assert_eq!((t0, get(&mut io, l1o + 8)), (8192, 16384));
+    assert_eq!(io.0.len() as u64, end);
+    let u = t0 + 2048;
+    put(&mut io, l1o + 16, u);
+    // D: U's entry 256 + 3, the fourth entry of A.
+    let d = (4 << 20) / 4096 + 259;
+    assert_eq!(get(&mut io, u + 8 * 259), end);
+    let r = check(&mut io).unwrap();
+    assert!(
+        !r.corruptions
+            .iter()
+            .any(|c| matches!(c, Corruption::PastEof { .. })),
+        "D is not seen before U is walked: {:?}",
+        r.corruptions
+    );
+    let rep = repair(&mut io, RepairMode::All).unwrap();
+    assert!(rep.after.is_clean(), "{:?}", rep.after);
+    assert_clean(&mut io);
+    // D reads as unallocated; every other cluster as before.
+    assert!(cluster(&io, d).iter().all(|&b| b == 0));
+    assert!(content(&io) == model);
+    assert!(
+        rep.actions.iter().any(|a| matches!(
+            a,
+            Action::Dropped {
+                corruption: Corruption::PastEof { reference, file_len: 20480 }
+            } if reference.l1_index == 2 && reference.l2_index == Some(259)
+                && reference.host == end
+        )),
+        "{:#?}",
+        rep.actions
+    );
+}
