@@ -735,19 +735,7 @@ fn mv_down<B: BlockIo>(
         *t = (Ext { host: t.1, ..*x }, *to);
     }
     mv_batch(dev, p, &temp, false)?;
-    for (x, to) in moves {
-        let item = item_of(x, &dev.geo);
-        push(
-            &mut dev.actions,
-            Action::Moved {
-                item,
-                from: x.host,
-                to: *to,
-                len: u64::from(x.len),
-            },
-        )?;
-    }
-    Ok(())
+    record(dev, moves)
 }
 
 /// Reclaims leaked space (see the module docs). `exts` are all live extents in host
