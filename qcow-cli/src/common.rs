@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::Path;
 
-use qcow_std::{Disk, Format, OpenOptions};
+use qcow_std::{Disk, Format};
 use zeroize::Zeroizing;
 
 /// A failed verb: one line for stderr, after `qcow: `.
@@ -18,7 +18,23 @@ impl fmt::Display for CliError {
 
 impl From<qcow_std::Error> for CliError {
     fn from(e: qcow_std::Error) -> Self {
-        CliError(e.to_string())
+        CliError(format!("{e}{}", hint(&e)))
+    }
+}
+
+/// The flag that answers a library error, for its one line.
+fn hint(e: &qcow_std::Error) -> &'static str {
+    use qcow_core::Error as C;
+    use qcow_std::Error as S;
+    match e {
+        S::Image { source, .. } => match source {
+            C::PasswordRequired => " (--password-file)",
+            C::Corrupt(_) => " (check -r all)",
+            C::ShrinkRefused { .. } => " (--shrink)",
+            _ => "",
+        },
+        S::EncryptedShrinkNeedsKey { .. } => " (--password-file)",
+        _ => "",
     }
 }
 
@@ -115,27 +131,20 @@ pub fn open_disk(
     password: Option<&Path>,
     writable: bool,
 ) -> Result<Disk, CliError> {
-    let opts = OpenOptions {
-        writable,
-        format,
-        secret: password.map(read_secret).transpose()?,
-        ..OpenOptions::default()
-    };
-    let mut disk = qcow_std::open(path, &opts)?;
-    require_secret(&mut disk, password.is_some())?;
+    let disk = Disk::options()
+        .writable(writable)
+        .format(format)
+        .secret(password.map(read_secret).transpose()?)
+        .open(path)?;
+    require_secret(&disk, password.is_some())?;
     Ok(disk)
 }
 
 /// Fails when an encrypted image was opened without a password.
-pub fn require_secret(disk: &mut Disk, have: bool) -> Result<(), CliError> {
-    let path = disk.path().to_path_buf();
-    if let Some(img) = disk.qcow() {
-        if img.header().is_encrypted() && !have {
-            return Err(err(
-                &path,
-                "image is encrypted: a password is required (--password-file)",
-            ));
-        }
+pub fn require_secret(disk: &Disk, have: bool) -> Result<(), CliError> {
+    if disk.info().encrypted && !have {
+        let e = qcow_std::Error::image(disk.path(), qcow_core::Error::PasswordRequired);
+        return Err(e.into());
     }
     Ok(())
 }

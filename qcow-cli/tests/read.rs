@@ -132,8 +132,7 @@ fn geometry(cb: u8) {
         assert_eq!(file_len(&ours), size, "{what}");
         assert_qemu_identical(&theirs, &ours, &[&"-f", &"raw", &"-F", &"raw"], &what);
 
-        let mut disk = qcow_std::open(&img, &qcow_std::OpenOptions::default()).expect("open");
-        let mut io = qcow_std::io::DiskIo::new(&mut disk);
+        let mut io = qcow_std::Disk::open(&img).expect("open");
         let windows = [
             (0, 2 * cs + 1),
             (cs - 1, 2),

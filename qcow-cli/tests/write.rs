@@ -594,12 +594,10 @@ fn diskio_writes_read_by_qemu() {
     lib_create(&img, size, Some(11), Some(7), None);
     let mut model = vec![0u8; size as usize];
     {
-        let opts = qcow_std::OpenOptions {
-            writable: true,
-            ..qcow_std::OpenOptions::default()
-        };
-        let mut disk = qcow_std::open(&img, &opts).expect("open");
-        let mut io = qcow_std::io::DiskIo::new(&mut disk);
+        let mut io = qcow_std::Disk::options()
+            .writable(true)
+            .open(&img)
+            .expect("open");
         for _ in 0..200 {
             let len = 1 + rng.below(20000);
             let at = rng.below(size - len);

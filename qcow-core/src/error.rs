@@ -225,10 +225,10 @@ impl<E> Error<E> {
     }
 }
 
-impl<E: fmt::Debug> fmt::Display for Error<E> {
+impl<E: fmt::Display> fmt::Display for Error<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Io(e) => write!(f, "i/o error: {e:?}"),
+            Error::Io(e) => write!(f, "{e}"),
             Error::HeaderTruncated { len } => {
                 write!(f, "file is {len} bytes, shorter than the 48-byte qcow header")
             }
@@ -299,7 +299,7 @@ impl<E: fmt::Debug> fmt::Display for Error<E> {
                 "compressed cluster at host offset {host} (guest offset {guest}) inflates to {len} bytes, less than a cluster"
             ),
             Error::PasswordRequired => {
-                f.write_str("image is encrypted: a password is required (--password-file)")
+                f.write_str("image is encrypted: a password is required")
             }
             Error::SecretNotUtf8 => f.write_str("secret is not valid UTF-8 (or holds a NUL byte)"),
             Error::OutOfRange { offset, len, size } => write!(
@@ -315,17 +315,24 @@ impl<E: fmt::Debug> fmt::Display for Error<E> {
             Error::OutOfMemory => f.write_str("out of memory"),
             Error::Corrupt(n) => write!(
                 f,
-                "image has {n} structural corruption(s): repair it first (check -r all)"
+                "image has {n} structural corruption(s): repair it first"
             ),
             Error::ShrinkRefused { size, new_size } => write!(
                 f,
-                "new size {new_size} is below the current size {size}: shrinking drops data past it and must be asked for (--shrink)"
+                "new size {new_size} is below the current size {size}: shrinking drops data past it and must be asked for"
             ),
         }
     }
 }
 
-impl<E: fmt::Debug> core::error::Error for Error<E> {}
+impl<E: core::error::Error + 'static> core::error::Error for Error<E> {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Shorthand for the core's results.
 pub type Result<T, E> = core::result::Result<T, Error<E>>;

@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::header::{
     l1_entries, Geometry, Header, CRYPT_AES, CRYPT_NONE, HEADER_SIZE, MAX_BACKING_NAME,
 };
-use crate::image::{Backing, Image};
+use crate::image::{Backing, Image, StatusKind};
 use crate::io::BlockIo;
 
 /// The most bytes of zeros [`Image::make_empty`] holds at once.
@@ -329,6 +329,59 @@ where
         Ok(())
     }
 
+    /// Discards guest `[offset, offset + len)` so that it reads as zeros: each whole
+    /// cluster whose backing content reads as zeros becomes unallocated (its L2 entry
+    /// cleared; the space it held is leaked, as `check` reports); every other byte is
+    /// overwritten with zeros.
+    pub fn discard(&mut self, offset: u64, len: u64) -> Result<(), Error<B::Error>> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.geo.size)
+            .ok_or(Error::OutOfRange {
+                offset,
+                len,
+                size: self.geo.size,
+            })?;
+        let cs = self.geo.cluster_size();
+        let mut unlink: Vec<(u64, L2Entry)> = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let in_cl = self.geo.in_cluster(at);
+            let n = cs.saturating_sub(in_cl).min(end.saturating_sub(at));
+            let whole = in_cl == 0 && (n == cs || at.saturating_add(n) == self.geo.size);
+            let below_zero = self.backing_reads_zero(at, n)?;
+            if whole && below_zero {
+                if let Some(l2) = self.l1_entry(at)?.l2_offset() {
+                    if self.l2_entry(l2, at)?.0 != 0 {
+                        unlink.push((at, L2Entry(0)));
+                    }
+                }
+            } else if !(below_zero && self.lookup(at)? == Cluster::Unallocated) {
+                let zeros = vec![0u8; usize::try_from(n).unwrap_or(0)];
+                self.write_at(at, &zeros)?;
+            }
+            at = at.saturating_add(n);
+        }
+        self.inflated = None;
+        self.link_many(&unlink)
+    }
+
+    /// Whether the backing layer reads `[at, at + n)` as zeros without data.
+    fn backing_reads_zero(&mut self, at: u64, n: u64) -> Result<bool, Error<B::Error>> {
+        let end = at.saturating_add(n);
+        let mut p = at;
+        while p < end && self.backing.is_present() && p < self.backing.size() {
+            let s = self.backing.status(p, end.saturating_sub(p))?;
+            match s.kind {
+                StatusKind::Unallocated | StatusKind::Hole { .. } => {
+                    p = p.saturating_add(s.len.max(1))
+                }
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
     /// Empties the image, as QEMU's `make_empty` after a commit: zeroes the L1 table
     /// (flushed), then truncates the file after it. Afterwards every cluster reads
     /// from the backing layer.
@@ -363,12 +416,13 @@ where
         Ok(())
     }
 
-    /// Writes one cluster compressed at the cluster-aligned guest `offset`: `data` is a
-    /// whole cluster, or the tail of the last one. Falls back to a plain write when the
-    /// data does not shrink, the cluster is already plain (overwritten in place), or the
-    /// image is encrypted (QEMU would store compressed data unencrypted).
+    /// Writes `data` at guest `offset` with each whole cluster it covers compressed
+    /// (the last cluster counts as whole when `data` reaches the virtual size); the
+    /// partial clusters at either end take plain writes. A cluster falls back to a
+    /// plain write when its data does not shrink, it is already plain (overwritten in
+    /// place), or the image is encrypted (QEMU would store compressed data
+    /// unencrypted).
     pub fn write_compressed(&mut self, offset: u64, data: &[u8]) -> Result<(), Error<B::Error>> {
-        let cs = self.geo.cluster_len();
         let len = data.len() as u64;
         if offset.checked_add(len).is_none_or(|e| e > self.geo.size) {
             return Err(Error::OutOfRange {
@@ -377,6 +431,23 @@ where
                 size: self.geo.size,
             });
         }
+        let cs = self.geo.cluster_len();
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let guest = offset.saturating_add(pos as u64);
+            let in_cl = usize::try_from(self.geo.in_cluster(guest)).unwrap_or(0);
+            let n = cs.saturating_sub(in_cl).min(data.len().saturating_sub(pos));
+            let piece = data.get(pos..pos.saturating_add(n)).unwrap_or_default();
+            self.write_compressed_cluster(guest, piece)?;
+            pos = pos.saturating_add(n);
+        }
+        Ok(())
+    }
+
+    /// [`Image::write_compressed`] of a piece inside one cluster.
+    fn write_compressed_cluster(&mut self, offset: u64, data: &[u8]) -> Result<(), Error<B::Error>> {
+        let cs = self.geo.cluster_len();
+        let len = data.len() as u64;
         let whole =
             data.len() == cs || (data.len() < cs && offset.checked_add(len) == Some(self.geo.size));
         if self.geo.in_cluster(offset) != 0 || !whole || self.header.is_encrypted() {

@@ -10,44 +10,73 @@ use std::fs::{File, OpenOptions as FsOpen};
 use std::path::Path;
 
 use qcow_core::cluster::Deflater;
-use qcow_core::cluster::InflateError;
 use qcow_core::write::{CreateOptions, Writer};
-use qcow_core::{Cluster, StatusKind};
 use zeroize::Zeroizing;
 
 use crate::error::Error;
 use crate::file::FileIo;
-use crate::open::{Disk, Format};
+use crate::open::Format;
+use crate::Disk;
 
 /// Bytes read from the source at a time.
 const CHUNK: usize = 4 << 20;
 
 /// What the output of [`convert`] is.
+///
+/// ```
+/// use qcow_std::{convert::ConvertOptions, Format};
+/// let mut shown = 0;
+/// let mut progress = |done: u64, _total: u64| shown = done;
+/// let opts = ConvertOptions::new(Format::Qcow).compress(true).progress(&mut progress);
+/// # let _ = opts;
+/// ```
+#[must_use]
 pub struct ConvertOptions<'a> {
-    /// Output format.
-    pub format: Format,
-    /// Write compressed clusters (qcow output).
-    pub compress: bool,
-    /// The output's backing file: the name stored, and the opened disk to compare with.
-    pub backing: Option<(String, &'a mut Disk)>,
-    /// Encrypt the output with this secret (qcow output).
-    pub encrypt: Option<Zeroizing<Vec<u8>>>,
-    /// Worker threads for compression (0: all cores).
-    pub threads: usize,
-    /// Called with (bytes done, total) as the copy advances.
-    pub progress: Option<&'a mut dyn FnMut(u64, u64)>,
+    format: Format,
+    compress: bool,
+    backing: Option<(String, &'a Disk)>,
+    encrypt: Option<Zeroizing<Vec<u8>>>,
+    threads: usize,
+    progress: Option<&'a mut dyn FnMut(u64, u64)>,
 }
 
-impl Default for ConvertOptions<'_> {
-    fn default() -> Self {
+impl<'a> ConvertOptions<'a> {
+    /// A plain copy into `format`, on all cores, without progress.
+    pub fn new(format: Format) -> Self {
         ConvertOptions {
-            format: Format::Raw,
+            format,
             compress: false,
             backing: None,
             encrypt: None,
             threads: 0,
             progress: None,
         }
+    }
+    /// Write compressed clusters (qcow output).
+    pub fn compress(mut self, on: bool) -> Self {
+        self.compress = on;
+        self
+    }
+    /// Make the output an overlay of `disk`, storing `name` as its backing file and
+    /// only the clusters that differ from it.
+    pub fn backing(mut self, name: String, disk: &'a Disk) -> Self {
+        self.backing = Some((name, disk));
+        self
+    }
+    /// Encrypt the output with this secret (qcow output).
+    pub fn encrypt(mut self, secret: Option<Zeroizing<Vec<u8>>>) -> Self {
+        self.encrypt = secret;
+        self
+    }
+    /// Worker threads for reading and compressing (0: all cores).
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n;
+        self
+    }
+    /// Called with (bytes done, total) as the copy advances.
+    pub fn progress(mut self, f: &'a mut dyn FnMut(u64, u64)) -> Self {
+        self.progress = Some(f);
+        self
     }
 }
 
@@ -84,7 +113,7 @@ fn create_file(path: &Path) -> Result<File, Error> {
 }
 
 /// Copies the guest content of `src` into a new image at `dst`.
-pub fn convert(src: &mut Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Result<(), Error> {
+pub fn convert(src: &Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Result<(), Error> {
     let size = src.size();
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -94,10 +123,9 @@ pub fn convert(src: &mut Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Resu
     let mut sink = match opts.format {
         Format::Raw => {
             if opts.backing.is_some() || opts.encrypt.is_some() || opts.compress {
-                return Err(Error::invalid(
-                    dst,
-                    "raw output takes no backing file, encryption or compression",
-                ));
+                return Err(Error::RawOutputOptions {
+                    path: dst.to_path_buf(),
+                });
             }
             let file = create_file(dst)?;
             file.set_len(size).map_err(|e| Error::io(dst, e))?;
@@ -139,7 +167,7 @@ pub fn convert(src: &mut Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Resu
         // file too) without reading it: a sparse terabyte takes no time.
         let mut skip = src.zero_run(offset, size - offset)?;
         if skip > 0 {
-            if let Some((_, disk)) = &mut opts.backing {
+            if let Some((_, disk)) = &opts.backing {
                 skip = disk.zero_run(offset, skip)?;
             }
         }
@@ -157,21 +185,24 @@ pub fn convert(src: &mut Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Resu
         }
         let n = usize::try_from((size - offset).min(CHUNK as u64)).unwrap_or(CHUNK);
         let chunk = &mut buf[..n];
-        let allocated = read_allocated(src, offset, chunk, threads)?;
-        let base = match &mut opts.backing {
+        read_parallel(src, offset, chunk, threads)?;
+        let base = match &opts.backing {
             Some((_, disk)) => {
                 let b = &mut base_buf[..n];
-                qcow_core::Backing::read_at(*disk, offset, b)
-                    .map_err(|e| Error::image(disk.path(), e))?;
+                let inside = usize::try_from(disk.size().saturating_sub(offset))
+                    .unwrap_or(usize::MAX)
+                    .min(n);
+                b[inside..].fill(0);
+                if inside > 0 {
+                    read_parallel(disk, offset, &mut b[..inside], threads)?;
+                }
                 Some(&base_buf[..n])
             }
             None => None,
         };
         match &mut sink {
             Sink::Raw { file, path } => {
-                if allocated {
-                    write_sparse(file, path, offset, chunk, cluster)?
-                }
+                write_sparse(file, path, offset, chunk, cluster)?
             }
             Sink::Qcow {
                 writer,
@@ -187,7 +218,7 @@ pub fn convert(src: &mut Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Resu
                             let at = i * cluster;
                             c != &b[at..at + c.len()]
                         }
-                        None => allocated && !is_zero(c),
+                        None => !is_zero(c),
                     };
                     if keep {
                         wanted.push((first + i as u64, c));
@@ -229,141 +260,28 @@ pub fn convert(src: &mut Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Resu
     Ok(())
 }
 
-/// A compressed cluster of the top image to inflate into `buf[pos..pos + len]`.
-struct Job {
-    pos: usize,
-    len: usize,
-    in_cluster: usize,
-    guest: u64,
-    host: u64,
-    stream: usize,
-}
+/// Bytes of a chunk below which one thread reads it alone.
+const PARALLEL_MIN: usize = 256 << 10;
 
-/// Reads `buf` from `src` at `offset`, skipping (zero-filling) unallocated ranges and
-/// inflating the top image's compressed clusters on `threads` threads. Returns whether
-/// anything was allocated.
-fn read_allocated(
-    src: &mut Disk,
-    offset: u64,
-    buf: &mut [u8],
-    threads: usize,
-) -> Result<bool, Error> {
-    let mut pos = 0usize;
-    let mut any = false;
-    let mut jobs: Vec<Job> = Vec::new();
-    while pos < buf.len() {
-        let at = offset + pos as u64;
-        let st = src.status(at, (buf.len() - pos) as u64)?;
-        let len = usize::try_from(st.len)
-            .unwrap_or(usize::MAX)
-            .clamp(1, buf.len() - pos);
-        match st.kind {
-            StatusKind::Unallocated | StatusKind::Hole { .. } => buf[pos..pos + len].fill(0),
-            StatusKind::Compressed { .. } if st.depth == 0 && threads > 1 => {
-                let path = src.path().to_path_buf();
-                let image = src
-                    .qcow()
-                    .ok_or_else(|| Error::invalid(&path, "not qcow"))?;
-                let Cluster::Compressed { host, len: stream } =
-                    image.lookup(at).map_err(|e| Error::image(&path, e))?
-                else {
-                    return Err(Error::invalid(&path, "cluster changed while reading"));
-                };
-                jobs.push(Job {
-                    pos,
-                    len,
-                    in_cluster: image.geometry().in_cluster(at) as usize,
-                    guest: at,
-                    host,
-                    stream: stream as usize,
-                });
-                any = true;
-            }
-            _ => {
-                src.read_at(at, &mut buf[pos..pos + len])?;
-                any = true;
-            }
-        }
-        pos += len;
+/// Reads `buf` from `src` at `offset`, split between `threads` threads (each inflates
+/// and decrypts its own part: the handle's reads run in parallel).
+fn read_parallel(src: &Disk, offset: u64, buf: &mut [u8], threads: usize) -> Result<(), Error> {
+    if threads <= 1 || buf.len() < PARALLEL_MIN {
+        return src.read_at(offset, buf);
     }
-    if !jobs.is_empty() {
-        inflate_jobs(src, &jobs, buf, threads)?;
-    }
-    Ok(any)
-}
-
-/// Reads the streams of `jobs` (adjacent ones in one read) and inflates them in
-/// parallel straight into their places in `buf`.
-fn inflate_jobs(src: &mut Disk, jobs: &[Job], buf: &mut [u8], threads: usize) -> Result<(), Error> {
-    let path = src.path().to_path_buf();
-    let image = src
-        .qcow()
-        .ok_or_else(|| Error::invalid(&path, "not qcow"))?;
-    let cluster = image.geometry().cluster_len();
-    let total: usize = jobs.iter().map(|j| j.stream).sum();
-    let mut input = vec![0u8; total];
-    let mut starts = Vec::with_capacity(jobs.len());
-    let (mut at, mut i) = (0usize, 0usize);
-    while i < jobs.len() {
-        let (first, mut end, mut n) = (jobs[i].host, jobs[i].host, 0usize); // n ≥ 1 below
-        let begin = at;
-        while i + n < jobs.len() && jobs[i + n].host == end {
-            starts.push(at);
-            at += jobs[i + n].stream;
-            end += jobs[i + n].stream as u64;
-            n += 1;
-        }
-        qcow_core::BlockIo::read_at(image.io(), first, &mut input[begin..at])
-            .map_err(|e| Error::io(&path, e))?;
-        i += n;
-    }
-    // Split buf into the jobs' disjoint destinations.
-    let mut dests: Vec<&mut [u8]> = Vec::with_capacity(jobs.len());
-    let mut rest = buf;
-    let mut consumed = 0usize;
-    for j in jobs {
-        let (_, tail) = rest.split_at_mut(j.pos - consumed);
-        let (dst, tail) = tail.split_at_mut(j.len);
-        dests.push(dst);
-        rest = tail;
-        consumed = j.pos + j.len;
-    }
-    let per = jobs.len().div_ceil(threads.max(1)).max(1);
-    let input = &input;
-    let starts = &starts;
-    let result: Result<(), qcow_core::Error<std::io::Error>> = std::thread::scope(|s| {
-        let handles: Vec<_> =
-            jobs.chunks(per)
-                .zip(dests.chunks_mut(per))
-                .enumerate()
-                .map(|(k, (js, ds))| {
-                    s.spawn(move || {
-                        let mut out = vec![0u8; cluster];
-                        for (n, (j, d)) in js.iter().zip(ds.iter_mut()).enumerate() {
-                            let at = starts[k * per + n];
-                            qcow_core::cluster::inflate(&input[at..at + j.stream], &mut out)
-                                .map_err(|e| match e {
-                                    InflateError::Invalid => qcow_core::Error::CompressedInvalid {
-                                        guest: j.guest,
-                                        host: j.host,
-                                    },
-                                    InflateError::Short(len) => qcow_core::Error::CompressedShort {
-                                        guest: j.guest,
-                                        host: j.host,
-                                        len,
-                                    },
-                                })?;
-                            d.copy_from_slice(&out[j.in_cluster..j.in_cluster + j.len]);
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
+    // Parts of whole 64 KiB units, so no cluster is inflated twice.
+    let unit = 64 << 10;
+    let per = buf.len().div_ceil(threads).div_ceil(unit) * unit;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = buf
+            .chunks_mut(per)
+            .enumerate()
+            .map(|(i, part)| s.spawn(move || src.read_at(offset + (i * per) as u64, part)))
+            .collect();
         handles
             .into_iter()
             .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-    });
-    result.map_err(|e| Error::image(&path, e))
+    })
 }
 
 /// Writes the non-zero blocks of `data` at `offset`, coalescing runs.

@@ -45,12 +45,47 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// Something the caller asked for is not possible.
-    Invalid {
+    /// A write to a disk opened read-only.
+    ReadOnly {
+        /// The top image.
+        path: PathBuf,
+    },
+    /// The operation needs a qcow image and this is raw.
+    NotQcow {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
-        what: String,
+    },
+    /// The image has no backing file (to commit into).
+    NoBackingFile {
+        /// The image.
+        path: PathBuf,
+    },
+    /// The backing file is smaller than the overlay's data.
+    BackingTooSmall {
+        /// The backing file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The first overlay byte with data past it.
+        offset: u64,
+    },
+    /// The new backing chain of a rebase comes back to the image.
+    RebaseLoop {
+        /// The image.
+        path: PathBuf,
+        /// The new backing file.
+        through: PathBuf,
+    },
+    /// Shrinking an encrypted image inside a cluster needs the key (the cut part is
+    /// overwritten with encrypted zeros).
+    EncryptedShrinkNeedsKey {
+        /// The image.
+        path: PathBuf,
+    },
+    /// A raw output was asked for with a backing file, encryption or compression.
+    RawOutputOptions {
+        /// The output.
+        path: PathBuf,
     },
 }
 
@@ -58,10 +93,7 @@ impl Error {
     /// Wraps a core error for `path`.
     pub fn image(path: impl Into<PathBuf>, source: CoreError) -> Self {
         match source {
-            qcow_core::Error::Io(source) => Error::Io {
-                path: path.into(),
-                source,
-            },
+            qcow_core::Error::Io(source) => Self::io(path, source),
             source => Error::Image {
                 path: path.into(),
                 source,
@@ -69,17 +101,42 @@ impl Error {
         }
     }
     /// Wraps an I/O error for `path`.
+    /// A qcow-std error that travelled through the core (from a backing layer) comes
+    /// out as itself, naming its own file.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
+        let path = path.into();
+        if !source.get_ref().is_some_and(|e| e.is::<Error>()) {
+            return Error::Io { path, source };
+        }
+        let kind = source.kind();
+        match source.into_inner().map(|b| b.downcast::<Error>()) {
+            Some(Ok(e)) => *e,
+            Some(Err(other)) => Error::Io {
+                path,
+                source: std::io::Error::new(kind, other),
+            },
+            None => Error::Io {
+                path,
+                source: kind.into(),
+            },
         }
     }
-    /// An invalid request about `path`.
-    pub fn invalid(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
-        Error::Invalid {
-            path: path.into(),
-            what: what.into(),
+    /// The [`std::io::ErrorKind`] that fits: the device's own, `InvalidData` for a
+    /// damaged image, `InvalidInput` for a request that cannot be met,
+    /// `PermissionDenied` for a write to a read-only disk or a missing password.
+    pub fn io_kind(&self) -> std::io::ErrorKind {
+        use std::io::ErrorKind as K;
+        match self {
+            Error::Io { source, .. } | Error::BackingMissing { source, .. } => source.kind(),
+            Error::Image { source, .. } => core_kind(source),
+            Error::ReadOnly { .. } => K::PermissionDenied,
+            Error::NotQcow { .. }
+            | Error::NoBackingFile { .. }
+            | Error::BackingTooSmall { .. }
+            | Error::RawOutputOptions { .. }
+            | Error::RebaseLoop { .. }
+            | Error::EncryptedShrinkNeedsKey { .. } => K::InvalidInput,
+            Error::BackingLoop { .. } | Error::ChainTooDeep { .. } => K::InvalidData,
         }
     }
     /// The file the error is about.
@@ -90,7 +147,13 @@ impl Error {
             | Error::BackingMissing { path, .. }
             | Error::BackingLoop { path }
             | Error::ChainTooDeep { path, .. }
-            | Error::Invalid { path, .. } => path,
+            | Error::ReadOnly { path }
+            | Error::NotQcow { path }
+            | Error::NoBackingFile { path }
+            | Error::BackingTooSmall { path, .. }
+            | Error::RawOutputOptions { path }
+            | Error::RebaseLoop { path, .. }
+            | Error::EncryptedShrinkNeedsKey { path } => path,
         }
     }
 }
@@ -122,18 +185,66 @@ impl fmt::Display for Error {
                 "{}: backing chain deeper than {limit} images",
                 path.display()
             ),
-            Error::Invalid { path, what } => write!(f, "{}: {what}", path.display()),
+            Error::ReadOnly { path } => write!(f, "{}: opened read-only", path.display()),
+            Error::NotQcow { path } => write!(f, "{}: not a qcow image", path.display()),
+            Error::NoBackingFile { path } => {
+                write!(f, "{}: image has no backing file", path.display())
+            }
+            Error::BackingTooSmall { path, size, offset } => write!(
+                f,
+                "{}: backing file ({size} bytes) is smaller than the overlay's data at offset {offset}",
+                path.display()
+            ),
+            Error::RebaseLoop { path, through } => write!(
+                f,
+                "{}: the new backing chain through {} comes back to this image",
+                path.display(),
+                through.display()
+            ),
+            Error::EncryptedShrinkNeedsKey { path } => write!(
+                f,
+                "{}: shrinking an encrypted image inside a cluster needs the password \
+                 (the cut part of the cluster is overwritten with encrypted zeros)",
+                path.display()
+            ),
+            Error::RawOutputOptions { path } => write!(
+                f,
+                "{}: raw output takes no backing file, encryption or compression",
+                path.display()
+            ),
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Image { source, .. } => Some(source),
+            Error::Io { source, .. } | Error::BackingMissing { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
+/// The kind of a core error: its device's own, or what the failure means.
+fn core_kind(e: &CoreError) -> std::io::ErrorKind {
+    use std::io::ErrorKind as K;
+    match e {
+        qcow_core::Error::Io(e) => e.kind(),
+        qcow_core::Error::PasswordRequired => K::PermissionDenied,
+        qcow_core::Error::SecretNotUtf8
+        | qcow_core::Error::OutOfRange { .. }
+        | qcow_core::Error::ShrinkRefused { .. } => K::InvalidInput,
+        qcow_core::Error::FileTooLarge(_) => K::FileTooLarge,
+        qcow_core::Error::OutOfMemory => K::OutOfMemory,
+        _ => K::InvalidData,
+    }
+}
+
+/// The error inside an [`std::io::Error`] of the fitting kind
+/// ([`Error::io_kind`]), so the file it names is kept.
 impl From<Error> for std::io::Error {
     fn from(e: Error) -> Self {
-        match e {
-            Error::Io { source, .. } => source,
-            e => std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-        }
+        std::io::Error::new(e.io_kind(), e)
     }
 }

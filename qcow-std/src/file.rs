@@ -53,3 +53,50 @@ impl BlockIo for FileIo {
         Ok(())
     }
 }
+
+/// A file: `pread`/`pwrite`, `SEEK_DATA`/`SEEK_HOLE`, `fallocate(PUNCH_HOLE)`.
+impl crate::storage::Storage for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(self, buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        File::set_len(self, len)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.sync_data()
+    }
+    fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        seek_to(self, rustix::fs::SeekFrom::Data(offset))
+    }
+    fn next_hole(&self, offset: u64) -> io::Result<Option<u64>> {
+        seek_to(self, rustix::fs::SeekFrom::Hole(offset))
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
+        use rustix::fs::{fallocate, FallocateFlags};
+        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        match fallocate(self, flags, offset, len) {
+            Ok(()) => Ok(true),
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// `lseek` with `SEEK_DATA`/`SEEK_HOLE`: `None` where the file system cannot tell,
+/// the file's length where nothing follows (`ENXIO`).
+fn seek_to(file: &File, to: rustix::fs::SeekFrom) -> io::Result<Option<u64>> {
+    match rustix::fs::seek(file, to) {
+        Ok(at) => Ok(Some(at)),
+        Err(rustix::io::Errno::NXIO) => Ok(Some(file.metadata()?.len())),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOTSUP => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}

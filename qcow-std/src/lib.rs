@@ -1,27 +1,39 @@
 //! qcow (version 1) images on files.
 //!
-//! Adapts [`qcow_core`] to the file system: [`file::FileIo`] is positional I/O on a
-//! file, [`open()`] probes a file's format and resolves its backing chain,
-//! [`io::DiskIo`] offers `Read + Write + Seek` over an opened disk, and [`convert`]
-//! copies between raw and qcow images.
+//! Adapts [`qcow_core`] to the operating system. [`Disk`] is the one handle every
+//! consumer shares: an opened image with its backing chain (or a raw file), `Send +
+//! Sync`, positional reads and writes on `&self`, `Read + Write + Seek` itself, block
+//! status, discard. [`DiskOptions`] opens it from a path or any [`Storage`];
+//! [`convert`] copies between raw and qcow images, [`commit`] merges an overlay into
+//! its backing file, [`maint`] checks, repairs, resizes and rebases.
 //!
 //! ```no_run
 //! use std::io::Read;
-//! let mut disk = qcow_std::open("disk.qcow", &qcow_std::OpenOptions::default())?;
+//! let mut disk = qcow_std::Disk::open("disk.qcow")?;
 //! let mut first_sector = [0u8; 512];
-//! qcow_std::io::DiskIo::new(&mut disk).read_exact(&mut first_sector)?;
+//! disk.read_exact(&mut first_sector)?;                 // Read + Seek: a cursor
+//! disk.read_at(1 << 20, &mut first_sector)?;           // positional, &self
+//! let layers = disk.layers();                          // the chain, top first
+//! println!("{} layers, {} bytes", layers.len(), disk.size());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Platforms: Unix (Linux first): the file layer (`pread`/`pwrite`, `SEEK_DATA`,
+//! `fallocate`) lives in [`file`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod commit;
 pub mod convert;
+mod disk;
 pub mod error;
 pub mod file;
-pub mod io;
+pub mod maint;
 pub mod open;
+mod storage;
 
+pub use disk::{Disk, LayerInfo};
 pub use error::Error;
-pub use open::{open, probe, Disk, Format, OpenOptions};
+pub use open::{probe, DiskOptions, Format};
 pub use qcow_core;
+pub use storage::{ReadSeek, ReadWriteSeek, Storage};

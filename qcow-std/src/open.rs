@@ -1,21 +1,19 @@
-//! Opening images by path: format probing and backing chain resolution.
+//! Opening images: format probing and backing chain resolution.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions as FsOpen};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use qcow_core::crypt::Cipher;
 use qcow_core::header::{MAGIC, MAX_BACKING_NAME, VERSION};
 use qcow_core::image::{read_backing_name, read_header, scratch_len};
-use qcow_core::{Backing, BlockIo, Header, Image, NoBacking, Raw, Status, StatusKind};
+use qcow_core::{BlockIo, Header, Image};
 use zeroize::Zeroizing;
 
-use crate::error::{CoreError, Error};
-use crate::file::FileIo;
-
-/// A backing layer of any kind.
-pub type Layer = Box<dyn Backing<IoError = std::io::Error> + Send>;
-/// A qcow image on a file, over any backing layer.
-pub type QcowImage = Image<FileIo, Layer, Vec<u8>>;
+use crate::disk::{Below, Disk, Layer};
+use crate::error::Error;
+use crate::storage::{Storage, StorageIo};
 
 /// Image formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,74 +44,224 @@ impl std::fmt::Display for Format {
     }
 }
 
-/// How to open an image.
+/// How to open a [`Disk`]: a builder, as [`std::fs::OpenOptions`].
+///
+/// ```no_run
+/// let disk = qcow_std::Disk::options().writable(true).open("disk.qcow")?;
+/// disk.write_at(0, b"hello")?;
+/// disk.flush()?;
+/// # Ok::<(), qcow_std::Error>(())
+/// ```
 #[derive(Clone)]
-pub struct OpenOptions {
-    /// Open the top image for writing (backing files are always read-only).
-    pub writable: bool,
-    /// The top image's format; `None` probes it.
-    pub format: Option<Format>,
-    /// The secret of encrypted images in the chain.
-    pub secret: Option<Zeroizing<Vec<u8>>>,
-    /// The deepest backing chain accepted.
-    pub max_depth: usize,
-    /// Open the top image without its backing chain (unallocated reads as zeros).
-    pub no_backing: bool,
+pub struct DiskOptions {
+    writable: bool,
+    format: Option<Format>,
+    secret: Option<Zeroizing<Vec<u8>>>,
+    max_depth: usize,
+    no_backing: bool,
+    backing: Option<Disk>,
 }
 
-impl Default for OpenOptions {
+impl Default for DiskOptions {
     fn default() -> Self {
-        OpenOptions {
+        DiskOptions {
             writable: false,
             format: None,
             secret: None,
             max_depth: 64,
             no_backing: false,
+            backing: None,
         }
     }
 }
 
-impl std::fmt::Debug for OpenOptions {
+impl std::fmt::Debug for DiskOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenOptions")
+        f.debug_struct("DiskOptions")
             .field("writable", &self.writable)
             .field("format", &self.format)
             .field("secret", &self.secret.as_ref().map(|_| "(set)"))
-            .finish_non_exhaustive()
+            .field("max_depth", &self.max_depth)
+            .field("no_backing", &self.no_backing)
+            .field("backing", &self.backing)
+            .finish()
     }
 }
 
-/// An opened disk: a qcow image with its chain, or a raw file.
-pub enum Disk {
-    /// A qcow image.
-    Qcow {
-        /// Its file.
+impl DiskOptions {
+    /// Read-only, format probed, the whole chain (at most 64 deep), no secret.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Open the top image for writing (backing files are always read-only).
+    pub fn writable(&mut self, on: bool) -> &mut Self {
+        self.writable = on;
+        self
+    }
+    /// The top image's format; `None` probes it.
+    pub fn format(&mut self, format: Option<Format>) -> &mut Self {
+        self.format = format;
+        self
+    }
+    /// The secret of the encrypted images in the chain.
+    pub fn secret(&mut self, secret: Option<Zeroizing<Vec<u8>>>) -> &mut Self {
+        self.secret = secret;
+        self
+    }
+    /// The deepest backing chain accepted.
+    pub fn max_depth(&mut self, depth: usize) -> &mut Self {
+        self.max_depth = depth;
+        self
+    }
+    /// Open the top image without its backing chain (unallocated reads as zeros).
+    pub fn no_backing(&mut self, on: bool) -> &mut Self {
+        self.no_backing = on;
+        self
+    }
+    /// Use this opened disk as the top image's backing layer instead of the file its
+    /// header names (as pyqcow's `set_parent`).
+    pub fn backing(&mut self, disk: Disk) -> &mut Self {
+        self.backing = Some(disk);
+        self
+    }
+    /// Opens the image at `path` and, iteratively, its backing chain.
+    pub fn open(&self, path: impl AsRef<Path>) -> Result<Disk, Error> {
+        let path = path.as_ref();
+        let file = FsOpen::new()
+            .read(true)
+            .write(self.writable)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        self.open_storage(Arc::new(file), path)
+    }
+    /// Opens an image on any [`Storage`] (a file, a [`crate::ReadSeek`] source, ...);
+    /// `path` names it in errors, and relative backing names resolve against its
+    /// directory.
+    pub fn open_storage(
+        &self,
+        storage: Arc<dyn Storage>,
+        path: impl Into<PathBuf>,
+    ) -> Result<Disk, Error> {
+        let (top, rest) = self.walk(storage, path.into())?;
+        let below = self.backing.as_ref().map(|d| d.top_layer().clone());
+        let top = self.build(top, rest, below)?;
+        Ok(Disk::from_top(top, self.writable))
+    }
+
+    /// The top file and its backing files, each probed and (qcow) its header read.
+    fn walk(&self, storage: Arc<dyn Storage>, top: PathBuf) -> Result<(Link, Vec<Link>), Error> {
+        let mut seen: HashSet<PathBuf> = HashSet::new();
+        let first = self.link(storage, top, self.format, &mut seen)?;
+        let mut rest: Vec<Link> = Vec::new();
+        while let Some(prev) = rest.last().unwrap_or(&first).next() {
+            if rest.len() >= self.max_depth {
+                return Err(Error::ChainTooDeep {
+                    path: rest.last().unwrap_or(&first).path.clone(),
+                    limit: self.max_depth,
+                });
+            }
+            let overlay = &rest.last().unwrap_or(&first).path;
+            let storage = open_backing(overlay, &prev)?;
+            let link = self.link(storage, prev, None, &mut seen)?;
+            rest.push(link);
+        }
+        Ok((first, rest))
+    }
+
+    /// One file of the chain: probed unless `format` is given, its header read.
+    fn link(
+        &self,
+        storage: Arc<dyn Storage>,
         path: PathBuf,
-        /// The image.
-        image: Box<QcowImage>,
-    },
-    /// A raw file.
-    Raw {
-        /// Its file.
-        path: PathBuf,
-        /// The file.
-        raw: Raw<FileIo>,
-    },
+        format: Option<Format>,
+        seen: &mut HashSet<PathBuf>,
+    ) -> Result<Link, Error> {
+        let canon = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        if !seen.insert(canon) {
+            return Err(Error::BackingLoop { path });
+        }
+        let mut io = StorageIo {
+            storage: storage.clone(),
+            sync: true,
+        };
+        let fmt = match format {
+            Some(f) => f,
+            None => probe_io(&mut io).map_err(|e| Error::io(&path, e))?,
+        };
+        if fmt == Format::Raw {
+            return Ok(Link {
+                path,
+                storage,
+                qcow: None,
+                follow: false,
+            });
+        }
+        let header = read_header(&mut io).map_err(|e| Error::image(&path, e))?;
+        let mut name = [0u8; MAX_BACKING_NAME];
+        let name = read_backing_name(&mut io, &header, &mut name)
+            .map_err(|e| Error::image(&path, e))?
+            .to_vec();
+        Ok(Link {
+            path,
+            storage,
+            follow: !name.is_empty() && !self.no_backing && self.backing.is_none(),
+            qcow: Some((header, name)),
+        })
+    }
+
+    /// Builds the layers bottom up on `below`; returns the top one.
+    fn build(&self, top: Link, rest: Vec<Link>, mut below: Option<Arc<Layer>>) -> Result<Layer, Error> {
+        for link in rest.into_iter().rev() {
+            below = Some(Arc::new(self.layer(link, below)?));
+        }
+        self.layer(top, below)
+    }
+
+    fn layer(&self, link: Link, below: Option<Arc<Layer>>) -> Result<Layer, Error> {
+        let Some((h, name)) = link.qcow else {
+            return Layer::raw(link.path.clone(), link.storage).map_err(|e| Error::io(&link.path, e));
+        };
+        let io = StorageIo {
+            storage: link.storage.clone(),
+            sync: true,
+        };
+        let scratch = vec![0u8; scratch_len(&h.geometry())];
+        let mut image = Image::open(io, Below(below.clone()), scratch)
+            .map_err(|e| Error::image(&link.path, e))?;
+        let mut cipher = None;
+        if let (true, Some(s)) = (h.is_encrypted(), &self.secret) {
+            image
+                .set_secret(s)
+                .map_err(|e| Error::image(&link.path, e))?;
+            cipher = Cipher::from_secret(s).ok();
+        }
+        Ok(Layer::qcow(link.path, link.storage, image, name, cipher, below))
+    }
 }
 
-impl std::fmt::Debug for Disk {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Disk({}, {})", self.format(), self.path().display())
-    }
+/// Opens the backing file `path` named by the image `overlay`.
+fn open_backing(overlay: &Path, path: &Path) -> Result<Arc<dyn Storage>, Error> {
+    backing_kind_ok(path)
+        .and_then(|()| File::open(path))
+        .map(|f| Arc::new(f) as Arc<dyn Storage>)
+        .map_err(|e| Error::BackingMissing {
+            path: overlay.to_path_buf(),
+            backing: path.to_path_buf(),
+            source: e,
+        })
 }
 
 /// Whether the first bytes of a file are qcow version 1's.
 pub fn probe(path: &Path) -> Result<Format, Error> {
-    let mut f = FileIo::new(File::open(path).map_err(|e| Error::io(path, e))?);
-    probe_io(&mut f).map_err(|e| Error::io(path, e))
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut io = StorageIo {
+        storage: Arc::new(f),
+        sync: false,
+    };
+    probe_io(&mut io).map_err(|e| Error::io(path, e))
 }
 
-fn probe_io(io: &mut FileIo) -> std::io::Result<Format> {
+fn probe_io(io: &mut StorageIo) -> std::io::Result<Format> {
     if io.len()? < 8 {
         return Ok(Format::Raw);
     }
@@ -145,11 +293,8 @@ fn name_path(bytes: &[u8]) -> PathBuf {
 /// A backing file, named by bytes of an image, must be a regular file or a block
 /// device: opening a FIFO would block forever, and a character device or a directory
 /// is no disk. (The top image is whatever the caller names.)
-fn backing_kind_ok(path: &Path, is_backing: bool) -> std::io::Result<()> {
+fn backing_kind_ok(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
-    if !is_backing {
-        return Ok(());
-    }
     let t = std::fs::metadata(path)?.file_type();
     if t.is_file() || t.is_block_device() {
         Ok(())
@@ -161,267 +306,20 @@ fn backing_kind_ok(path: &Path, is_backing: bool) -> std::io::Result<()> {
     }
 }
 
+/// A file of the chain, probed.
 struct Link {
     path: PathBuf,
-    io: FileIo,
-    header: Option<Header>,
+    storage: Arc<dyn Storage>,
+    /// The header and backing name of a qcow image.
+    qcow: Option<(Header, Vec<u8>)>,
+    /// Whether its backing file is to be opened.
+    follow: bool,
 }
 
-/// Opens an image and, iteratively, its whole backing chain.
-pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Disk, Error> {
-    let top = path.as_ref().to_path_buf();
-    let mut chain: Vec<Link> = Vec::new();
-    let mut seen: HashSet<PathBuf> = HashSet::new();
-    let mut cur = top.clone();
-    let mut format = opts.format;
-    loop {
-        let writable = chain.is_empty() && opts.writable;
-        let file = backing_kind_ok(&cur, !chain.is_empty())
-            .and_then(|()| FsOpen::new().read(true).write(writable).open(&cur))
-            .map_err(|e| match chain.last() {
-                Some(prev) => Error::BackingMissing {
-                    path: prev.path.clone(),
-                    backing: cur.clone(),
-                    source: e,
-                },
-                None => Error::io(&cur, e),
-            })?;
-        let canon = std::fs::canonicalize(&cur).unwrap_or_else(|_| cur.clone());
-        if !seen.insert(canon) {
-            return Err(Error::BackingLoop { path: cur });
-        }
-        let mut io = FileIo::new(file);
-        let fmt = match format {
-            Some(f) => f,
-            None => probe_io(&mut io).map_err(|e| Error::io(&cur, e))?,
-        };
-        if fmt == Format::Raw {
-            chain.push(Link {
-                path: cur,
-                io,
-                header: None,
-            });
-            break;
-        }
-        let header = read_header(&mut io).map_err(|e| Error::image(&cur, e))?;
-        let mut name = [0u8; MAX_BACKING_NAME];
-        let name = read_backing_name(&mut io, &header, &mut name)
-            .map_err(|e| Error::image(&cur, e))?
-            .to_vec();
-        chain.push(Link {
-            path: cur.clone(),
-            io,
-            header: Some(header),
-        });
-        if name.is_empty() || opts.no_backing {
-            break;
-        }
-        if chain.len() > opts.max_depth {
-            return Err(Error::ChainTooDeep {
-                path: cur,
-                limit: opts.max_depth,
-            });
-        }
-        cur = resolve_backing(&cur, &name_path(&name));
-        format = None;
+impl Link {
+    /// The backing file to open next.
+    fn next(&self) -> Option<PathBuf> {
+        let (_, name) = self.qcow.as_ref().filter(|_| self.follow)?;
+        Some(resolve_backing(&self.path, &name_path(name)))
     }
-    let mut below: Option<Disk> = None;
-    while let Some(link) = chain.pop() {
-        let layer: Layer = match below.take() {
-            Some(d) => Box::new(d),
-            None => Box::new(NoBacking::<std::io::Error>::new()),
-        };
-        let disk = match link.header {
-            None => Disk::Raw {
-                raw: Raw::new(link.io).map_err(|e| Error::image(&link.path, e))?,
-                path: link.path,
-            },
-            Some(h) => {
-                let scratch = vec![0u8; scratch_len(&h.geometry())];
-                let mut image = Image::open(link.io, layer, scratch)
-                    .map_err(|e| Error::image(&link.path, e))?;
-                if h.is_encrypted() {
-                    if let Some(s) = &opts.secret {
-                        image
-                            .set_secret(s)
-                            .map_err(|e| Error::image(&link.path, e))?;
-                    }
-                }
-                Disk::Qcow {
-                    path: link.path,
-                    image: Box::new(image),
-                }
-            }
-        };
-        below = Some(disk);
-    }
-    below.ok_or_else(|| Error::invalid(&top, "nothing to open"))
-}
-
-impl Disk {
-    /// The file of the top image.
-    pub fn path(&self) -> &Path {
-        match self {
-            Disk::Qcow { path, .. } | Disk::Raw { path, .. } => path,
-        }
-    }
-    /// Its format.
-    pub fn format(&self) -> Format {
-        match self {
-            Disk::Qcow { .. } => Format::Qcow,
-            Disk::Raw { .. } => Format::Raw,
-        }
-    }
-    /// The guest size.
-    pub fn size(&self) -> u64 {
-        match self {
-            Disk::Qcow { image, .. } => image.size(),
-            Disk::Raw { raw, .. } => raw.size(),
-        }
-    }
-    /// The qcow image, when it is one.
-    pub fn qcow(&mut self) -> Option<&mut QcowImage> {
-        match self {
-            Disk::Qcow { image, .. } => Some(image),
-            Disk::Raw { .. } => None,
-        }
-    }
-    fn err(&self, e: CoreError) -> Error {
-        Error::image(self.path(), e)
-    }
-    /// Reads guest bytes (zeros past the end of a raw file's data are not special:
-    /// the range must lie inside [`Disk::size`]).
-    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
-        let r = match self {
-            Disk::Qcow { image, .. } => image.read_at(offset, buf),
-            Disk::Raw { raw, .. } => {
-                let size = raw.size();
-                if offset
-                    .checked_add(buf.len() as u64)
-                    .is_none_or(|e| e > size)
-                {
-                    Err(qcow_core::Error::OutOfRange {
-                        offset,
-                        len: buf.len() as u64,
-                        size,
-                    })
-                } else {
-                    Backing::read_at(raw, offset, buf)
-                }
-            }
-        };
-        r.map_err(|e| self.err(e))
-    }
-    /// Writes guest bytes (the disk must be open for writing).
-    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
-        let r = match self {
-            Disk::Qcow { image, .. } => image.write_at(offset, data),
-            Disk::Raw { raw, .. } => {
-                let size = raw.size();
-                if offset
-                    .checked_add(data.len() as u64)
-                    .is_none_or(|e| e > size)
-                {
-                    Err(qcow_core::Error::OutOfRange {
-                        offset,
-                        len: data.len() as u64,
-                        size,
-                    })
-                } else {
-                    raw.write_at(offset, data)
-                }
-            }
-        };
-        r.map_err(|e| self.err(e))
-    }
-    /// How the range from `offset` is stored (at most `max` bytes).
-    pub fn status(&mut self, offset: u64, max: u64) -> Result<Status, Error> {
-        let r = Backing::status(self, offset, max);
-        r.map_err(|e| self.err(e))
-    }
-    /// The length of the run from `offset` (at most `max` bytes) known to read as
-    /// zeros without reading it: unallocated in a qcow chain, a hole in a raw file
-    /// (`SEEK_DATA`). 0 when the data there must be read.
-    pub fn zero_run(&mut self, offset: u64, max: u64) -> Result<u64, Error> {
-        match self {
-            Disk::Qcow { .. } => {
-                let s = self.status(offset, max)?;
-                Ok(match s.kind {
-                    StatusKind::Unallocated | StatusKind::Hole { .. } => s.len.min(max),
-                    _ => 0,
-                })
-            }
-            Disk::Raw { raw, path } => {
-                let end = raw.size().min(offset.saturating_add(max));
-                if offset >= end {
-                    return Ok(max);
-                }
-                let file = raw.io().file();
-                match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(offset)) {
-                    Ok(data) => Ok(data.min(end).saturating_sub(offset)),
-                    Err(rustix::io::Errno::NXIO) => Ok(max),
-                    Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOTSUP => {
-                        Ok(0)
-                    }
-                    Err(e) => Err(Error::io(path.clone(), e.into())),
-                }
-            }
-        }
-    }
-
-    /// Makes written data durable.
-    pub fn flush(&mut self) -> Result<(), Error> {
-        let r = match self {
-            Disk::Qcow { image, .. } => image.flush(),
-            Disk::Raw { raw, .. } => raw.io().flush().map_err(qcow_core::Error::Io),
-        };
-        r.map_err(|e| self.err(e))
-    }
-}
-
-impl Backing for Disk {
-    type IoError = std::io::Error;
-    fn size(&self) -> u64 {
-        Disk::size(self)
-    }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), CoreError> {
-        match self {
-            Disk::Qcow { image, .. } => Backing::read_at(image.as_mut(), offset, buf),
-            Disk::Raw { raw, .. } => Backing::read_at(raw, offset, buf),
-        }
-    }
-    fn status(&mut self, offset: u64, max: u64) -> Result<Status, CoreError> {
-        match self {
-            Disk::Qcow { image, .. } => Backing::status(image.as_mut(), offset, max),
-            Disk::Raw { raw, .. } => raw_status(raw, offset, max),
-        }
-    }
-}
-
-/// A raw file's status, with holes (`SEEK_DATA`/`SEEK_HOLE`) as [`StatusKind::Hole`].
-fn raw_status(raw: &mut Raw<FileIo>, offset: u64, max: u64) -> Result<Status, CoreError> {
-    use rustix::fs::{seek, SeekFrom};
-    let st = raw.status(offset, max)?;
-    let StatusKind::Data { host } = st.kind else {
-        return Ok(st);
-    };
-    let end = offset.saturating_add(st.len);
-    let file = raw.io().file();
-    let hole = |len: u64| Status {
-        len,
-        depth: 0,
-        kind: StatusKind::Hole { host },
-    };
-    Ok(match seek(file, SeekFrom::Data(offset)) {
-        Ok(d) if d > offset => hole(d.min(end) - offset),
-        Ok(_) => match seek(file, SeekFrom::Hole(offset)) {
-            Ok(h) if h > offset => Status {
-                len: h.min(end) - offset,
-                ..st
-            },
-            _ => st,
-        },
-        Err(rustix::io::Errno::NXIO) => hole(st.len),
-        Err(_) => st,
-    })
 }

@@ -371,7 +371,7 @@ impl Lab {
     /// written into by QEMU.
     fn create(&self, name: &str, opts: &qcow_core::write::CreateOptions<'_>) -> Result<(), String> {
         let mut io = qcow_core::io::MemIo::default();
-        qcow_core::write::create(&mut io, opts).map_err(|e| format!("{name}: {e}"))?;
+        qcow_core::write::create(&mut io, opts).map_err(|e| format!("{name}: {e:?}"))?;
         self.write(name, &io.0)
     }
 

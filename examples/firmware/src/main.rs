@@ -411,6 +411,12 @@ impl fmt::Debug for SysError {
     }
 }
 
+impl fmt::Display for SysError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
 impl embedded_io::Error for SysError {
     fn kind(&self) -> ErrorKind {
         match *self {

@@ -3,9 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use qcow_core::check::{check, Report};
-use qcow_core::maint::{repair, RepairMode as CoreMode};
-use qcow_std::file::FileIo;
+use qcow_std::maint::{Maintenance, RepairMode as CoreMode, Report};
 use qcow_std::Format;
 
 use crate::common::{err, json_str, CliError, Output, VerbResult};
@@ -38,29 +36,18 @@ pub fn run(
     output: Output,
     out: &mut dyn Write,
 ) -> VerbResult {
-    let format = match format {
-        Some(f) => f,
-        None => qcow_std::probe(file)?,
-    };
-    if format != Format::Qcow {
+    let mut m = Maintenance::open_as(file, format, repair_mode.is_some())?;
+    if m.format() != Format::Qcow {
         return Err(err(file, "check needs a qcow image (this one is raw)"));
     }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(repair_mode.is_some())
-        .open(file)
-        .map_err(|e| err(file, e))?;
-    let mut io = FileIo::new(f);
-    let core_err = |e| CliError::from(qcow_std::Error::image(file, e));
     let w = |e: std::io::Error| CliError(format!("cannot write output: {e}"));
     let (report, repaired) = match repair_mode {
-        None => (check(&mut io).map_err(core_err)?, None),
-        Some(m) => {
-            let mode = match m {
+        None => (m.check()?, None),
+        Some(mode) => {
+            let r = m.repair(match mode {
                 RepairMode::Leaks => CoreMode::Leaks,
                 RepairMode::All => CoreMode::All,
-            };
-            let r = repair(&mut io, mode).map_err(core_err)?;
+            })?;
             (r.after.clone(), Some(r))
         }
     };

@@ -20,8 +20,8 @@ pub fn run(
     strict: bool,
     out: &mut dyn Write,
 ) -> VerbResult {
-    let mut da = open_disk(a, fa, password, false)?;
-    let mut db = open_disk(b, fb, password, false)?;
+    let da = open_disk(a, fa, password, false)?;
+    let db = open_disk(b, fb, password, false)?;
     let w = |e: std::io::Error| CliError(format!("cannot write output: {e}"));
     let (sa, sb) = (da.size(), db.size());
     if strict && sa != sb {
@@ -29,13 +29,13 @@ pub fn run(
         return Ok(1);
     }
     let common = sa.min(sb);
-    if let Some(off) = first_difference(&mut da, &mut db, common)? {
+    if let Some(off) = first_difference(&da, &db, common)? {
         writeln!(out, "Content mismatch at offset {off}!").map_err(w)?;
         return Ok(1);
     }
     if sa != sb {
         writeln!(out, "Warning: Image size mismatch!").map_err(w)?;
-        let longer = if sa > sb { &mut da } else { &mut db };
+        let longer = if sa > sb { &da } else { &db };
         if let Some(off) = first_nonzero(longer, common)? {
             writeln!(out, "Content mismatch at offset {off}!").map_err(w)?;
             return Ok(1);
@@ -46,12 +46,12 @@ pub fn run(
 }
 
 /// Bytes from `at` that read as zeros without reading them (unallocated, or a hole).
-fn unallocated(d: &mut Disk, at: u64, max: u64) -> Result<u64, CliError> {
+fn unallocated(d: &Disk, at: u64, max: u64) -> Result<u64, CliError> {
     Ok(d.zero_run(at, max)?)
 }
 
 /// The first differing 512-byte sector (as qemu-img reports it) below `end`.
-fn first_difference(a: &mut Disk, b: &mut Disk, end: u64) -> Result<Option<u64>, CliError> {
+fn first_difference(a: &Disk, b: &Disk, end: u64) -> Result<Option<u64>, CliError> {
     let mut x = vec![0u8; CHUNK as usize];
     let mut y = vec![0u8; CHUNK as usize];
     let mut at = 0u64;
@@ -78,7 +78,7 @@ fn first_difference(a: &mut Disk, b: &mut Disk, end: u64) -> Result<Option<u64>,
     Ok(None)
 }
 
-fn first_nonzero(d: &mut Disk, from: u64) -> Result<Option<u64>, CliError> {
+fn first_nonzero(d: &Disk, from: u64) -> Result<Option<u64>, CliError> {
     let end = d.size();
     let mut x = vec![0u8; CHUNK as usize];
     let mut at = from;

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use qcow_std::convert::{convert, ConvertOptions};
-use qcow_std::{Format, OpenOptions};
+use qcow_std::{Disk, Format};
 
 use crate::common::{err, open_disk, read_secret, CliError, VerbResult};
 
@@ -57,15 +57,12 @@ pub fn run(a: &Args, _out: &mut dyn Write) -> VerbResult {
     if same_file(&a.src, dst) {
         return Err(err(dst, "the destination is the source"));
     }
-    let mut src = open_disk(&a.src, a.format, a.password_file.as_deref(), false)?;
-    let mut backing = match &a.backing {
+    let src = open_disk(&a.src, a.format, a.password_file.as_deref(), false)?;
+    let backing = match &a.backing {
         Some(b) => {
             let path = qcow_std::open::resolve_backing(dst, Path::new(b));
-            let opts = OpenOptions {
-                secret: a.password_file.as_deref().map(read_secret).transpose()?,
-                ..OpenOptions::default()
-            };
-            Some((b.clone(), qcow_std::open(&path, &opts)?))
+            let secret = a.password_file.as_deref().map(read_secret).transpose()?;
+            Some((b.clone(), Disk::options().secret(secret).open(&path)?))
         }
         None => None,
     };
@@ -86,15 +83,17 @@ pub fn run(a: &Args, _out: &mut dyn Write) -> VerbResult {
             }
         }
     };
-    let opts = ConvertOptions {
-        format: a.out_format,
-        compress: a.compress,
-        backing: backing.as_mut().map(|(n, d)| (n.clone(), d)),
-        encrypt,
-        threads: a.threads,
-        progress: if a.progress { Some(&mut show) } else { None },
-    };
-    convert(&mut src, dst, opts).map_err(CliError::from)?;
+    let mut opts = ConvertOptions::new(a.out_format)
+        .compress(a.compress)
+        .encrypt(encrypt)
+        .threads(a.threads);
+    if let Some((name, disk)) = &backing {
+        opts = opts.backing(name.clone(), disk);
+    }
+    if a.progress {
+        opts = opts.progress(&mut show);
+    }
+    convert(&src, dst, opts).map_err(CliError::from)?;
     Ok(0)
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use qcow_core::write::{create, CreateOptions};
 use qcow_std::file::FileIo;
-use qcow_std::{Format, OpenOptions};
+use qcow_std::{Disk, Format};
 
 use crate::common::{err, parse_size, read_secret, CliError, VerbResult};
 
@@ -39,11 +39,9 @@ pub fn run(
     let backing_size = match backing {
         Some(b) if !unsafe_mode => {
             let path = qcow_std::open::resolve_backing(file, Path::new(b));
-            let opts = OpenOptions {
-                format: backing_format,
-                ..OpenOptions::default()
-            };
-            let disk = qcow_std::open(&path, &opts)
+            let disk = Disk::options()
+                .format(backing_format)
+                .open(&path)
                 .map_err(|e| err(file, format!("cannot open backing file: {e}")))?;
             Some(disk.size())
         }

@@ -3,38 +3,26 @@
 use std::io::Write;
 use std::path::Path;
 
-use qcow_std::{Format, OpenOptions};
+use qcow_std::{Disk, Format};
 
 use crate::common::{disk_usage, human_size, json_str, Output, VerbResult};
 
 /// Runs `info`.
 pub fn run(file: &Path, format: Option<Format>, output: Output, out: &mut dyn Write) -> VerbResult {
-    let opts = OpenOptions {
-        format,
-        no_backing: true,
-        ..OpenOptions::default()
-    };
-    let mut disk = qcow_std::open(file, &opts)?;
+    let disk = Disk::options()
+        .format(format)
+        .no_backing(true)
+        .open(file)?;
     let size = disk.size();
     let actual = disk_usage(file);
     let name = file.display().to_string();
     let fmt = disk.format();
-    let (cluster, encrypted, backing) = match disk.qcow() {
-        Some(img) => {
-            let h = *img.header();
-            let mut buf = [0u8; qcow_core::header::MAX_BACKING_NAME];
-            let backing = qcow_core::image::read_backing_name(img.io(), &h, &mut buf)
-                .map_err(|e| qcow_std::Error::image(file, e))?;
-            let backing =
-                (!backing.is_empty()).then(|| String::from_utf8_lossy(backing).into_owned());
-            (
-                Some(img.geometry().cluster_size()),
-                h.is_encrypted(),
-                backing,
-            )
-        }
-        None => (None, false, None),
-    };
+    let info = disk.info();
+    let (cluster, encrypted) = (info.cluster_size, info.encrypted);
+    let backing = info
+        .backing_name
+        .as_ref()
+        .map(|b| String::from_utf8_lossy(b).into_owned());
     let w = |e: std::io::Error| crate::common::CliError(format!("cannot write output: {e}"));
     match output {
         Output::Json => {

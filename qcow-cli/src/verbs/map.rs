@@ -1,10 +1,10 @@
 //! `qcow map`: how the guest content is stored, as `qemu-img map`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use qcow_core::StatusKind;
-use qcow_std::{Format, OpenOptions};
+use qcow_std::{Disk, Format};
 
 use crate::common::{err, json_str, CliError, Output, VerbResult};
 
@@ -48,14 +48,14 @@ impl Extent {
 /// Calls `f` on each merged extent of a disk, in order, as soon as it is complete:
 /// memory stays constant however many extents a (hostile) image has.
 pub fn for_each_extent(
-    disk: &mut qcow_std::Disk,
+    disk: &Disk,
     mut f: impl FnMut(&Extent) -> Result<(), CliError>,
 ) -> Result<(), CliError> {
     let size = disk.size();
     let mut cur: Option<Extent> = None;
     let mut at = 0u64;
     while at < size {
-        let s = disk.status(at, size - at)?;
+        let s = disk.block_status(at, size - at)?;
         let len = s.len.clamp(1, size - at);
         let (present, zero, data, compressed, offset) = match s.kind {
             StatusKind::Unallocated => (false, true, false, false, None),
@@ -92,47 +92,16 @@ pub fn for_each_extent(
     Ok(())
 }
 
-fn chain_paths(file: &Path) -> Vec<PathBuf> {
-    let mut v = vec![file.to_path_buf()];
-    let mut cur = file.to_path_buf();
-    for _ in 0..64 {
-        let opts = OpenOptions {
-            no_backing: true,
-            ..OpenOptions::default()
-        };
-        let Ok(mut d) = qcow_std::open(&cur, &opts) else {
-            break;
-        };
-        let Some(img) = d.qcow() else { break };
-        let h = *img.header();
-        let mut buf = [0u8; qcow_core::header::MAX_BACKING_NAME];
-        let Ok(name) = qcow_core::image::read_backing_name(img.io(), &h, &mut buf) else {
-            break;
-        };
-        if name.is_empty() {
-            break;
-        }
-        use std::os::unix::ffi::OsStrExt;
-        cur = qcow_std::open::resolve_backing(&cur, Path::new(std::ffi::OsStr::from_bytes(name)));
-        v.push(cur.clone());
-    }
-    v
-}
-
 /// Runs `map`.
 pub fn run(file: &Path, format: Option<Format>, output: Output, out: &mut dyn Write) -> VerbResult {
-    let opts = OpenOptions {
-        format,
-        ..OpenOptions::default()
-    };
-    let mut disk = qcow_std::open(file, &opts)?;
+    let disk = Disk::options().format(format).open(file)?;
     let out = &mut std::io::BufWriter::new(out);
     let w = |e: std::io::Error| CliError(format!("cannot write output: {e}"));
     match output {
         Output::Json => {
             let mut first = true;
             write!(out, "[").map_err(w)?;
-            for_each_extent(&mut disk, |e| {
+            for_each_extent(&disk, |e| {
                 let sep = if first { "" } else { ",\n" };
                 first = false;
                 write!(
@@ -149,7 +118,7 @@ pub fn run(file: &Path, format: Option<Format>, output: Output, out: &mut dyn Wr
             writeln!(out, "]").map_err(w)?;
         }
         Output::Human => {
-            let chain = chain_paths(file);
+            let chain: Vec<_> = disk.layers().into_iter().map(|l| l.path).collect();
             writeln!(
                 out,
                 "{:<16}{:<16}{:<16}File",
@@ -163,7 +132,7 @@ pub fn run(file: &Path, format: Option<Format>, output: Output, out: &mut dyn Wr
                     format!("{v:#x}")
                 }
             };
-            for_each_extent(&mut disk, |e| {
+            for_each_extent(&disk, |e| {
                 if e.data && e.offset.is_none() {
                     return Err(err(
                         file,

@@ -21,7 +21,7 @@ pub fn run(
 ) -> VerbResult {
     let offset = parse_size(offset).map_err(|e| err(file, format!("offset: {e}")))?;
     let length = parse_size(length).map_err(|e| err(file, format!("length: {e}")))?;
-    let mut disk = open_disk(file, format, password, false)?;
+    let disk = open_disk(file, format, password, false)?;
     let size = disk.size();
     if offset.checked_add(length).is_none_or(|e| e > size) {
         return Err(err(

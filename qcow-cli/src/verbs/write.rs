@@ -48,7 +48,7 @@ pub fn run(
     if format.is_none() {
         crate::common::refuse_other_qcow(file)?;
     }
-    let mut disk = open_disk(file, format, password, true)?;
+    let disk = open_disk(file, format, password, true)?;
     let size = disk.size();
     if let Some(n) = input_len.filter(|&n| n > 0) {
         if offset.checked_add(n).is_none_or(|e| e > size) {
@@ -67,7 +67,7 @@ pub fn run(
             if at.checked_add(n as u64).is_none_or(|e| e > size) {
                 return Err(past_end(file, at, n as u64, size));
             }
-            write_chunk(&mut disk, at, &buf[..n], compress)?;
+            write_chunk(&disk, at, &buf[..n], compress)?;
             at += n as u64;
         }
     } else {
@@ -86,7 +86,7 @@ pub fn run(
                 )
             })?;
         match spool {
-            Spool::Memory(n) => write_chunk(&mut disk, at, &buf[..n], compress)?,
+            Spool::Memory(n) => write_chunk(&disk, at, &buf[..n], compress)?,
             Spool::File(f, total) => {
                 use std::os::unix::fs::FileExt;
                 let mut done = 0u64;
@@ -94,7 +94,7 @@ pub fn run(
                     let n = (total - done).min(CHUNK as u64) as usize;
                     f.read_exact_at(&mut buf[..n], done)
                         .map_err(|e| CliError(format!("cannot read the spooled input: {e}")))?;
-                    write_chunk(&mut disk, at, &buf[..n], compress)?;
+                    write_chunk(&disk, at, &buf[..n], compress)?;
                     at += n as u64;
                     done += n as u64;
                 }
@@ -165,28 +165,11 @@ fn fill(input: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-fn write_chunk(disk: &mut Disk, at: u64, data: &[u8], compress: bool) -> Result<(), CliError> {
-    let path = disk.path().to_path_buf();
-    let image = match disk.qcow() {
-        Some(img) if compress => img,
-        _ => return Ok(disk.write_at(at, data)?),
-    };
-    let cs = image.geometry().cluster_size();
-    let size = image.size();
-    let e = |e| CliError::from(qcow_std::Error::image(&path, e));
-    let mut pos = 0usize;
-    while pos < data.len() {
-        let g = at + pos as u64;
-        let in_cl = g % cs;
-        let n = ((cs - in_cl) as usize).min(data.len() - pos);
-        let piece = &data[pos..pos + n];
-        let whole = in_cl == 0 && (n as u64 == cs || g + n as u64 == size);
-        if whole {
-            image.write_compressed(g, piece).map_err(e)?;
-        } else {
-            image.write_at(g, piece).map_err(e)?;
-        }
-        pos += n;
+fn write_chunk(disk: &Disk, at: u64, data: &[u8], compress: bool) -> Result<(), CliError> {
+    if compress {
+        disk.write_compressed(at, data)?;
+    } else {
+        disk.write_at(at, data)?;
     }
     Ok(())
 }

@@ -740,15 +740,13 @@ pub fn check_reads(
         Some(c) => c.join(img),
         None => img.to_path_buf(),
     };
-    let opts = qcow_std::OpenOptions {
-        secret: pw.map(|p| zeroize::Zeroizing::new(read(p))),
-        ..qcow_std::OpenOptions::default()
-    };
-    let mut disk = qcow_std::open(&full, &opts).expect("open");
-    let mut io = qcow_std::io::DiskIo::new(&mut disk);
+    let mut io = qcow_std::Disk::options()
+        .secret(pw.map(|p| zeroize::Zeroizing::new(read(p))))
+        .open(&full)
+        .expect("open");
     let mut all = Vec::new();
     io.read_to_end(&mut all).expect("read_to_end");
-    assert_bytes_eq(&all, want, &format!("{what}: DiskIo read_to_end"));
+    assert_bytes_eq(&all, want, &format!("{what}: Disk read_to_end"));
     for _ in 0..40 {
         let at = rng.below(size);
         let len = (1 + rng.below(3 * 65536)).min(size - at) as usize;
@@ -758,7 +756,7 @@ pub fn check_reads(
         assert_bytes_eq(
             &b,
             &want[at as usize..at as usize + len],
-            &format!("{what}: DiskIo window {at}+{len}"),
+            &format!("{what}: Disk window {at}+{len}"),
         );
     }
     let mut last = [0u8; 1];
