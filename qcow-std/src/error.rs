@@ -45,6 +45,14 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// The file carries another image format's signature: reading it as raw would
+    /// show its container bytes as the guest disk (`-f raw` insists).
+    ForeignFormat {
+        /// The file.
+        path: PathBuf,
+        /// Its format.
+        format: crate::probe::Foreign,
+    },
     /// Something the caller asked for is not possible.
     Invalid {
         /// The file.
@@ -90,6 +98,7 @@ impl Error {
             | Error::BackingMissing { path, .. }
             | Error::BackingLoop { path }
             | Error::ChainTooDeep { path, .. }
+            | Error::ForeignFormat { path, .. }
             | Error::Invalid { path, .. } => path,
         }
     }
@@ -120,6 +129,12 @@ impl fmt::Display for Error {
             Error::ChainTooDeep { path, limit } => write!(
                 f,
                 "{}: backing chain deeper than {limit} images",
+                path.display()
+            ),
+            Error::ForeignFormat { path, format } => write!(
+                f,
+                "{}: this is {format}; qcow reads only qcow version 1 \u{2014} \
+                 qemu-img convert -O qcow can make one",
                 path.display()
             ),
             Error::Invalid { path, what } => write!(f, "{}: {what}", path.display()),

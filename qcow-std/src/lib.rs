@@ -1,9 +1,10 @@
 //! qcow (version 1) images on files.
 //!
 //! Adapts [`qcow_core`] to the file system: [`file::FileIo`] is positional I/O on a
-//! file, [`open()`] probes a file's format and resolves its backing chain,
-//! [`io::DiskIo`] offers `Read + Write + Seek` over an opened disk, and [`convert`]
-//! copies between raw and qcow images.
+//! file, [`mod@probe`] tells a file's format from its signature (qcow version 1, raw,
+//! or another image format, refused by name), [`open()`] probes a file and resolves
+//! its backing chain, [`io::DiskIo`] offers `Read + Write + Seek` over an opened disk,
+//! and [`convert`] copies between raw and qcow images.
 //!
 //! ```no_run
 //! use std::io::Read;
@@ -17,10 +18,12 @@
 
 pub mod commit;
 pub mod convert;
+pub mod create;
 pub mod error;
 pub mod file;
 pub mod io;
 pub mod open;
+pub mod probe;
 
 pub use error::Error;
 pub use open::{open, probe, Disk, Format, OpenOptions};

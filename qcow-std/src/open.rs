@@ -4,13 +4,14 @@ use std::collections::HashSet;
 use std::fs::{File, OpenOptions as FsOpen};
 use std::path::{Path, PathBuf};
 
-use qcow_core::header::{MAGIC, MAX_BACKING_NAME, VERSION};
+use qcow_core::header::MAX_BACKING_NAME;
 use qcow_core::image::{read_backing_name, read_header, scratch_len};
 use qcow_core::{Backing, BlockIo, Header, Image, NoBacking, Raw, Status, StatusKind};
 use zeroize::Zeroizing;
 
 use crate::error::{CoreError, Error};
 use crate::file::FileIo;
+use crate::probe::Detected;
 
 /// A backing layer of any kind.
 pub type Layer = Box<dyn Backing<IoError = std::io::Error> + Send>;
@@ -107,25 +108,22 @@ impl std::fmt::Debug for Disk {
     }
 }
 
-/// Whether the first bytes of a file are qcow version 1's.
+/// A file's format from its signature: qcow version 1, or raw; another image format's
+/// signature is [`Error::ForeignFormat`] (see [`crate::probe`]).
 pub fn probe(path: &Path) -> Result<Format, Error> {
     let mut f = FileIo::new(File::open(path).map_err(|e| Error::io(path, e))?);
-    probe_io(&mut f).map_err(|e| Error::io(path, e))
+    probe_io(&mut f, path)
 }
 
-fn probe_io(io: &mut FileIo) -> std::io::Result<Format> {
-    if io.len()? < 8 {
-        return Ok(Format::Raw);
+fn probe_io(io: &mut FileIo, path: &Path) -> Result<Format, Error> {
+    match crate::probe::probe_io(io).map_err(|e| Error::io(path, e))? {
+        Detected::Qcow => Ok(Format::Qcow),
+        Detected::Raw => Ok(Format::Raw),
+        Detected::Foreign(format) => Err(Error::ForeignFormat {
+            path: path.to_path_buf(),
+            format,
+        }),
     }
-    let mut b = [0u8; 8];
-    io.read_at(0, &mut b)?;
-    let magic = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-    let version = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
-    Ok(if magic == MAGIC && version == VERSION {
-        Format::Qcow
-    } else {
-        Format::Raw
-    })
 }
 
 /// Resolves a backing name as QEMU does: relative to the overlay's directory.
@@ -193,7 +191,7 @@ pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Disk, Error> {
         let mut io = FileIo::new(file);
         let fmt = match format {
             Some(f) => f,
-            None => probe_io(&mut io).map_err(|e| Error::io(&cur, e))?,
+            None => probe_io(&mut io, &cur)?,
         };
         if fmt == Format::Raw {
             chain.push(Link {

@@ -17,7 +17,7 @@ pub fn run(
     password: Option<&Path>,
     out: &mut dyn Write,
 ) -> VerbResult {
-    crate::common::refuse_other_qcow(file)?;
+    // Another image format is refused by name (resize has no -f raw).
     let format = qcow_std::probe(file)?;
     let f = std::fs::OpenOptions::new()
         .read(true)
