@@ -91,7 +91,9 @@ impl Foreign {
 impl fmt::Display for Foreign {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Foreign::Qcow2 { version: v @ (2 | 3) } => write!(f, "a qcow2 image (version {v})"),
+            Foreign::Qcow2 {
+                version: v @ (2 | 3),
+            } => write!(f, "a qcow2 image (version {v})"),
             Foreign::Qcow2 { version } => {
                 write!(f, "an image with the qcow magic and version {version}")
             }
@@ -217,7 +219,9 @@ fn vmdk_descriptor(b: &[u8]) -> bool {
             }
             _ => {
                 return [b'1', b'2', b'3'].iter().any(|&v| {
-                    let line = rest.strip_prefix(b"version=").and_then(|r| r.strip_prefix(&[v]));
+                    let line = rest
+                        .strip_prefix(b"version=")
+                        .and_then(|r| r.strip_prefix(&[v]));
                     line.is_some_and(|l| l.starts_with(b"\n") || l.starts_with(b"\r\n"))
                 })
             }
@@ -323,8 +327,14 @@ mod tests {
                 (64, &version.to_le_bytes()),
             ])
         };
-        assert_eq!(foreign(&bochs(0x2_0000, b"Growing\0")), Some(Foreign::Bochs));
-        assert_eq!(foreign(&bochs(0x1_0000, b"Growing\0")), Some(Foreign::Bochs));
+        assert_eq!(
+            foreign(&bochs(0x2_0000, b"Growing\0")),
+            Some(Foreign::Bochs)
+        );
+        assert_eq!(
+            foreign(&bochs(0x1_0000, b"Growing\0")),
+            Some(Foreign::Bochs)
+        );
         assert_eq!(foreign(&bochs(0x3_0000, b"Growing\0")), None);
         assert_eq!(foreign(&bochs(0x2_0000, b"Undoable\0")), None);
         for magic in [b"WithoutFreeSpace", b"WithouFreSpacExt"] {
