@@ -250,6 +250,11 @@ pub fn probe_io<B: BlockIo>(io: &mut B) -> Result<Detected, B::Error> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used
+)]
 mod tests {
     use super::*;
 
