@@ -109,7 +109,7 @@ impl std::fmt::Debug for Disk {
 }
 
 /// A file's format from its signature: qcow version 1, or raw; another image format's
-/// signature is [`Error::ForeignFormat`] (see [`crate::probe`]).
+/// signature is [`Error::ForeignFormat`] (see [`mod@crate::probe`]).
 pub fn probe(path: &Path) -> Result<Format, Error> {
     let mut f = FileIo::new(File::open(path).map_err(|e| Error::io(path, e))?);
     probe_io(&mut f, path)
