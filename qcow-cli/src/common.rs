@@ -103,27 +103,6 @@ pub fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, CliError> {
         .map_err(|e| err(path, format!("cannot read password file: {e}")))
 }
 
-/// Refuses to modify, as raw, a file that carries the qcow magic with another version
-/// (a qcow2 or qcow3 image probes as raw: writing or resizing it as raw would destroy it).
-pub fn refuse_other_qcow(path: &Path) -> Result<(), CliError> {
-    use std::io::Read;
-    let mut head = [0u8; 8];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| err(path, e))?;
-    let version = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-    if n == 8 && head[..4] == qcow_core::header::MAGIC.to_be_bytes() && version != 1 {
-        return Err(err(
-            path,
-            format!(
-                "qcow version {version} image (qcow2?): only version 1 is supported; \
-                 refusing to modify it as raw"
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Opens a disk for a verb.
 pub fn open_disk(
     path: &Path,

@@ -1,5 +1,6 @@
-//! A qcow2 image probes as raw (the contract: only qcow version 1 is qcow), but the
-//! verbs that modify a file refuse to treat it as raw, unless `-f raw` says so.
+//! A qcow2 image is refused by name (the contract: only qcow version 1 is qcow, and
+//! another format's signature is refused), by the verbs that would modify it too,
+//! unless `-f raw` says so. Every format and verb: `formats.rs`.
 
 mod common;
 
@@ -20,8 +21,11 @@ fn qcow2_is_not_modified_as_raw() {
     assert_fails(&o, 1, "write into a qcow2 file");
     assert!(o.stderr.contains("version 3"), "{}", o.stderr);
     assert_eq!(read(&img), before, "the qcow2 file is unchanged");
-    // Reading it is fine: it is raw bytes to us.
+    // Reading it is refused too, naming it; -f raw reads its bytes.
     let o = qcow(&[&"info", &img]);
+    let line = assert_fails(&o, 1, "info of a qcow2 file");
+    assert!(line.contains("this is a qcow2 image (version 3)"), "{line}");
+    let o = qcow(&[&"info", &"-f", &"raw", &img]);
     assert_eq!(o.code, 0);
     assert!(o.text().contains("file format: raw"), "{}", o.text());
     // -f raw insists.

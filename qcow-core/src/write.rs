@@ -445,7 +445,11 @@ where
     }
 
     /// [`Image::write_compressed`] of a piece inside one cluster.
-    fn write_compressed_cluster(&mut self, offset: u64, data: &[u8]) -> Result<(), Error<B::Error>> {
+    fn write_compressed_cluster(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Error<B::Error>> {
         let cs = self.geo.cluster_len();
         let len = data.len() as u64;
         let whole =

@@ -6,13 +6,14 @@
 //! unallocated; with a backing file only clusters that differ from it are written;
 //! with compression, clusters are deflated on worker threads, in order.
 
-use std::fs::{File, OpenOptions as FsOpen};
+use std::fs::File;
 use std::path::Path;
 
 use qcow_core::cluster::Deflater;
 use qcow_core::write::{CreateOptions, Writer};
 use zeroize::Zeroizing;
 
+use crate::create::NewFile;
 use crate::error::Error;
 use crate::file::FileIo;
 use crate::open::Format;
@@ -102,18 +103,44 @@ enum Sink {
     },
 }
 
-fn create_file(path: &Path) -> Result<File, Error> {
-    FsOpen::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))
+/// Copies the guest content of `src` into a new image at `dst`. Refused options touch
+/// nothing; a failure mid-way removes `dst` when this call created it
+/// ([`NewFile`]).
+pub fn convert(src: &Disk, dst: &Path, opts: ConvertOptions<'_>) -> Result<(), Error> {
+    match opts.format {
+        Format::Raw => {
+            if opts.backing.is_some() || opts.encrypt.is_some() || opts.compress {
+                return Err(Error::RawOutputOptions {
+                    path: dst.to_path_buf(),
+                });
+            }
+        }
+        Format::Qcow => {
+            crate::create::check(&create_options(&opts, src.size()))
+                .map_err(|e| Error::image(dst, e))?;
+            if let Some(s) = &opts.encrypt {
+                qcow_core::crypt::Cipher::from_secret(s)
+                    .map_err(|_| Error::image(dst, qcow_core::Error::SecretNotUtf8))?;
+            }
+        }
+    }
+    let (file, guard) = NewFile::create(dst).map_err(|e| Error::io(dst, e))?;
+    copy(src, file, dst, opts)?;
+    guard.keep();
+    Ok(())
 }
 
-/// Copies the guest content of `src` into a new image at `dst`.
-pub fn convert(src: &Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Result<(), Error> {
+/// The layout of a qcow output of `size` bytes.
+fn create_options<'a>(opts: &'a ConvertOptions<'_>, size: u64) -> CreateOptions<'a> {
+    CreateOptions {
+        backing: opts.backing.as_ref().map(|(n, _)| n.as_bytes()),
+        encrypted: opts.encrypt.is_some(),
+        ..CreateOptions::new(size)
+    }
+}
+
+/// [`convert`] into `file`, the new image at `dst`.
+fn copy(src: &Disk, file: File, dst: &Path, mut opts: ConvertOptions<'_>) -> Result<(), Error> {
     let size = src.size();
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -122,12 +149,6 @@ pub fn convert(src: &Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Result<(
     };
     let mut sink = match opts.format {
         Format::Raw => {
-            if opts.backing.is_some() || opts.encrypt.is_some() || opts.compress {
-                return Err(Error::RawOutputOptions {
-                    path: dst.to_path_buf(),
-                });
-            }
-            let file = create_file(dst)?;
             file.set_len(size).map_err(|e| Error::io(dst, e))?;
             Sink::Raw {
                 file,
@@ -135,15 +156,9 @@ pub fn convert(src: &Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Result<(
             }
         }
         Format::Qcow => {
-            let mut io = FileIo::new(create_file(dst)?);
+            let mut io = FileIo::new(file);
             io.set_sync(false);
-            let name = opts.backing.as_ref().map(|(n, _)| n.as_bytes());
-            let create = CreateOptions {
-                size,
-                backing: name,
-                encrypted: opts.encrypt.is_some(),
-                ..CreateOptions::new(size)
-            };
+            let create = create_options(&opts, size);
             let writer = Writer::create(io, &create, opts.encrypt.as_deref().map(|v| &v[..]))
                 .map_err(|e| Error::image(dst, e))?;
             Sink::Qcow {
@@ -201,9 +216,7 @@ pub fn convert(src: &Disk, dst: &Path, mut opts: ConvertOptions<'_>) -> Result<(
             None => None,
         };
         match &mut sink {
-            Sink::Raw { file, path } => {
-                write_sparse(file, path, offset, chunk, cluster)?
-            }
+            Sink::Raw { file, path } => write_sparse(file, path, offset, chunk, cluster)?,
             Sink::Qcow {
                 writer,
                 path,

@@ -65,7 +65,10 @@ pub(crate) struct Layer {
 pub(crate) enum Kind {
     /// A raw file: guest offset = host offset; `size` is its length rounded up to 512
     /// (QEMU counts whole sectors), bytes past `len` read as zeros.
-    Raw { size: u64, len: AtomicU64 },
+    Raw {
+        size: u64,
+        len: AtomicU64,
+    },
     Qcow(Box<QcowLayer>),
 }
 
@@ -186,7 +189,10 @@ impl Layer {
         while pos < buf.len() {
             let guest = offset.saturating_add(pos as u64);
             let left = buf.len().saturating_sub(pos);
-            let (c, run) = q.lock().extent(guest, left as u64).map_err(|e| self.err(e))?;
+            let (c, run) = q
+                .lock()
+                .extent(guest, left as u64)
+                .map_err(|e| self.err(e))?;
             let n = usize::try_from(run).unwrap_or(usize::MAX).clamp(1, left);
             let piece = buf.get_mut(pos..pos.saturating_add(n)).unwrap_or_default();
             match c {
@@ -205,7 +211,13 @@ impl Layer {
     }
 
     /// Plain (possibly encrypted) data of guest `guest..` stored from `host`.
-    fn read_plain(&self, q: &QcowLayer, guest: u64, host: u64, buf: &mut [u8]) -> Result<(), Error> {
+    fn read_plain(
+        &self,
+        q: &QcowLayer,
+        guest: u64,
+        host: u64,
+        buf: &mut [u8],
+    ) -> Result<(), Error> {
         if !q.header.is_encrypted() {
             return self
                 .storage
@@ -261,7 +273,9 @@ impl Layer {
                 self.storage
                     .read_exact_at(&mut c.stream, host)
                     .map_err(|e| self.io_err(e))?;
-                let Inflated { stream, cluster, .. } = &mut *c;
+                let Inflated {
+                    stream, cluster, ..
+                } = &mut *c;
                 inflate(stream, cluster).map_err(|e| self.err(inflate_error(e, guest, host)))?;
                 c.key = Some(key);
             }
@@ -568,7 +582,9 @@ impl Disk {
         let zeros = vec![0u8; usize::try_from(len).unwrap_or(ZERO_CHUNK).min(ZERO_CHUNK)];
         let mut at = 0u64;
         while at < len {
-            let n = usize::try_from(len - at).unwrap_or(ZERO_CHUNK).min(ZERO_CHUNK);
+            let n = usize::try_from(len - at)
+                .unwrap_or(ZERO_CHUNK)
+                .min(ZERO_CHUNK);
             self.write_at(offset + at, zeros.get(..n).unwrap_or_default())?;
             at += n as u64;
         }

@@ -45,6 +45,14 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// The file carries another image format's signature: reading it as raw would
+    /// show its container bytes as the guest disk (`-f raw` insists).
+    ForeignFormat {
+        /// The file.
+        path: PathBuf,
+        /// Its format.
+        format: crate::probe::Foreign,
+    },
     /// A write to a disk opened read-only.
     ReadOnly {
         /// The top image.
@@ -136,7 +144,9 @@ impl Error {
             | Error::RawOutputOptions { .. }
             | Error::RebaseLoop { .. }
             | Error::EncryptedShrinkNeedsKey { .. } => K::InvalidInput,
-            Error::BackingLoop { .. } | Error::ChainTooDeep { .. } => K::InvalidData,
+            Error::BackingLoop { .. }
+            | Error::ChainTooDeep { .. }
+            | Error::ForeignFormat { .. } => K::InvalidData,
         }
     }
     /// The file the error is about.
@@ -147,6 +157,7 @@ impl Error {
             | Error::BackingMissing { path, .. }
             | Error::BackingLoop { path }
             | Error::ChainTooDeep { path, .. }
+            | Error::ForeignFormat { path, .. }
             | Error::ReadOnly { path }
             | Error::NotQcow { path }
             | Error::NoBackingFile { path }
@@ -183,6 +194,12 @@ impl fmt::Display for Error {
             Error::ChainTooDeep { path, limit } => write!(
                 f,
                 "{}: backing chain deeper than {limit} images",
+                path.display()
+            ),
+            Error::ForeignFormat { path, format } => write!(
+                f,
+                "{}: this is {format}; qcow reads only qcow version 1 \u{2014} \
+                 qemu-img convert -O qcow can make one",
                 path.display()
             ),
             Error::ReadOnly { path } => write!(f, "{}: opened read-only", path.display()),

@@ -25,11 +25,13 @@
 
 pub mod commit;
 pub mod convert;
+pub mod create;
 mod disk;
 pub mod error;
 pub mod file;
 pub mod maint;
 pub mod open;
+pub mod probe;
 mod storage;
 
 pub use disk::{Disk, LayerInfo};

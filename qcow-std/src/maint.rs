@@ -18,8 +18,8 @@ use std::fs::OpenOptions as FsOpen;
 use std::path::{Path, PathBuf};
 
 pub use qcow_core::check::Report;
-pub use qcow_core::maint::{Action, BackingChanged, Rebased, RepairMode, RepairReport, Resized};
 use qcow_core::crypt::Cipher;
+pub use qcow_core::maint::{Action, BackingChanged, Rebased, RepairMode, RepairReport, Resized};
 use qcow_core::{BlockIo, Header};
 use zeroize::Zeroizing;
 
@@ -102,9 +102,9 @@ impl Maintenance {
             .map_err(|e| Error::io(&path, e))?;
         let mut io = FileIo::new(file);
         let header = match format {
-            Format::Qcow => Some(
-                qcow_core::image::read_header(&mut io).map_err(|e| Error::image(&path, e))?,
-            ),
+            Format::Qcow => {
+                Some(qcow_core::image::read_header(&mut io).map_err(|e| Error::image(&path, e))?)
+            }
             Format::Raw => None,
         };
         Ok(Maintenance { path, io, header })
@@ -169,16 +169,14 @@ impl Maintenance {
             return Err(Error::image(&self.path, e));
         }
         let Some(h) = self.header else {
-            self.io
-                .set_len(new)
-                .map_err(|e| Error::io(&self.path, e))?;
+            self.io.set_len(new).map_err(|e| Error::io(&self.path, e))?;
             self.sync()?;
             return Ok(None);
         };
         let cipher = match &opts.secret {
-            Some(s) if h.is_encrypted() => Some(self.core(
-                Cipher::from_secret(s).map_err(|_| qcow_core::Error::SecretNotUtf8),
-            )?),
+            Some(s) if h.is_encrypted() => Some(
+                self.core(Cipher::from_secret(s).map_err(|_| qcow_core::Error::SecretNotUtf8))?,
+            ),
             _ => None,
         };
         let cut = new.div_ceil(512) * 512 % h.geometry().cluster_size() != 0;

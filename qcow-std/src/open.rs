@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use qcow_core::crypt::Cipher;
-use qcow_core::header::{MAGIC, MAX_BACKING_NAME, VERSION};
+use qcow_core::header::MAX_BACKING_NAME;
 use qcow_core::image::{read_backing_name, read_header, scratch_len};
-use qcow_core::{BlockIo, Header, Image};
+use qcow_core::{Header, Image};
 use zeroize::Zeroizing;
 
 use crate::disk::{Below, Disk, Layer};
 use crate::error::Error;
+use crate::probe::Detected;
 use crate::storage::{Storage, StorageIo};
 
 /// Image formats.
@@ -186,7 +187,7 @@ impl DiskOptions {
         };
         let fmt = match format {
             Some(f) => f,
-            None => probe_io(&mut io).map_err(|e| Error::io(&path, e))?,
+            None => probe_io(&mut io, &path)?,
         };
         if fmt == Format::Raw {
             return Ok(Link {
@@ -210,7 +211,12 @@ impl DiskOptions {
     }
 
     /// Builds the layers bottom up on `below`; returns the top one.
-    fn build(&self, top: Link, rest: Vec<Link>, mut below: Option<Arc<Layer>>) -> Result<Layer, Error> {
+    fn build(
+        &self,
+        top: Link,
+        rest: Vec<Link>,
+        mut below: Option<Arc<Layer>>,
+    ) -> Result<Layer, Error> {
         for link in rest.into_iter().rev() {
             below = Some(Arc::new(self.layer(link, below)?));
         }
@@ -219,7 +225,8 @@ impl DiskOptions {
 
     fn layer(&self, link: Link, below: Option<Arc<Layer>>) -> Result<Layer, Error> {
         let Some((h, name)) = link.qcow else {
-            return Layer::raw(link.path.clone(), link.storage).map_err(|e| Error::io(&link.path, e));
+            return Layer::raw(link.path.clone(), link.storage)
+                .map_err(|e| Error::io(&link.path, e));
         };
         let io = StorageIo {
             storage: link.storage.clone(),
@@ -235,7 +242,14 @@ impl DiskOptions {
                 .map_err(|e| Error::image(&link.path, e))?;
             cipher = Cipher::from_secret(s).ok();
         }
-        Ok(Layer::qcow(link.path, link.storage, image, name, cipher, below))
+        Ok(Layer::qcow(
+            link.path,
+            link.storage,
+            image,
+            name,
+            cipher,
+            below,
+        ))
     }
 }
 
@@ -251,29 +265,26 @@ fn open_backing(overlay: &Path, path: &Path) -> Result<Arc<dyn Storage>, Error> 
         })
 }
 
-/// Whether the first bytes of a file are qcow version 1's.
+/// A file's format from its signature: qcow version 1, or raw; another image format's
+/// signature is [`Error::ForeignFormat`] (see [`mod@crate::probe`]).
 pub fn probe(path: &Path) -> Result<Format, Error> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut io = StorageIo {
         storage: Arc::new(f),
         sync: false,
     };
-    probe_io(&mut io).map_err(|e| Error::io(path, e))
+    probe_io(&mut io, path)
 }
 
-fn probe_io(io: &mut StorageIo) -> std::io::Result<Format> {
-    if io.len()? < 8 {
-        return Ok(Format::Raw);
+fn probe_io(io: &mut StorageIo, path: &Path) -> Result<Format, Error> {
+    match crate::probe::probe_io(io).map_err(|e| Error::io(path, e))? {
+        Detected::Qcow => Ok(Format::Qcow),
+        Detected::Raw => Ok(Format::Raw),
+        Detected::Foreign(format) => Err(Error::ForeignFormat {
+            path: path.to_path_buf(),
+            format,
+        }),
     }
-    let mut b = [0u8; 8];
-    io.read_at(0, &mut b)?;
-    let magic = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-    let version = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
-    Ok(if magic == MAGIC && version == VERSION {
-        Format::Qcow
-    } else {
-        Format::Raw
-    })
 }
 
 /// Resolves a backing name as QEMU does: relative to the overlay's directory.

@@ -3,8 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use qcow_core::write::{create, CreateOptions};
-use qcow_std::file::FileIo;
+use qcow_core::write::CreateOptions;
 use qcow_std::{Disk, Format};
 
 use crate::common::{err, parse_size, read_secret, CliError, VerbResult};
@@ -72,15 +71,8 @@ pub fn run(
         encrypted: encrypt,
         ..CreateOptions::new(size)
     };
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(file)
-        .map_err(|e| err(file, e))?;
-    let mut io = FileIo::new(f);
-    create(&mut io, &opts).map_err(|e| CliError::from(qcow_std::Error::image(file, e)))?;
+    // Refused options touch nothing; a failure after the file was made removes it.
+    qcow_std::create::create(file, &opts)?;
     let mut line = format!(
         "Formatting '{}', fmt=qcow size={}",
         file.display(),

@@ -9,10 +9,7 @@ use crate::common::{disk_usage, human_size, json_str, Output, VerbResult};
 
 /// Runs `info`.
 pub fn run(file: &Path, format: Option<Format>, output: Output, out: &mut dyn Write) -> VerbResult {
-    let disk = Disk::options()
-        .format(format)
-        .no_backing(true)
-        .open(file)?;
+    let disk = Disk::options().format(format).no_backing(true).open(file)?;
     let size = disk.size();
     let actual = disk_usage(file);
     let name = file.display().to_string();

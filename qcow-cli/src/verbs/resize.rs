@@ -15,7 +15,7 @@ pub fn run(
     password: Option<&Path>,
     out: &mut dyn Write,
 ) -> VerbResult {
-    crate::common::refuse_other_qcow(file)?;
+    // Another image format is refused by name (resize has no -f raw).
     let mut m = Maintenance::open(file, true)?;
     let current = m.size()?;
     let (sign, digits) = match size.as_bytes().first() {

@@ -45,9 +45,6 @@ pub fn run(
     input_len: Option<u64>,
 ) -> VerbResult {
     let offset = parse_size(offset).map_err(|e| err(file, format!("offset: {e}")))?;
-    if format.is_none() {
-        crate::common::refuse_other_qcow(file)?;
-    }
     let disk = open_disk(file, format, password, true)?;
     let size = disk.size();
     if let Some(n) = input_len.filter(|&n| n > 0) {
