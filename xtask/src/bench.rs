@@ -200,6 +200,14 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         }
     }
     run(cargo().args(["build", "--release", "-p", "qcow-cli"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "qcow-std",
+        "--example",
+        "read_all",
+    ]))?;
     let root = root();
     let qcow = root.join("target/release/qcow").display().to_string();
     let dir = root.join("target/bench");
@@ -284,6 +292,27 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         (&out_r, &out_r),
     )?;
     rows.push(row("compressed qcow → raw", "≥ 3", &q, &o, String::new()));
+    // The shared handle: the compressed image read with 1 and with 2 threads.
+    let read_all = root
+        .join("target/release/examples/read_all")
+        .display()
+        .to_string();
+    let nowhere = p("nothing");
+    let (one, two) = pair(
+        rounds,
+        (
+            s(&[&read_all, "1", &ps("in-comp.qcow")]),
+            s(&[&read_all, "2", &ps("in-comp.qcow")]),
+        ),
+        (&nowhere, &nowhere),
+    )?;
+    rows.push(row(
+        "Disk handle, compressed: 2 threads vs 1",
+        "≥ 1.7",
+        &one,
+        &two,
+        "the qemu-img column is our 1-thread read".into(),
+    ));
     // Sizes of -c outputs: measured once each, outside the timing loop.
     let qc = p("qemu-c.qcow");
     let oc = p("ours-c.qcow");
