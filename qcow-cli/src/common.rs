@@ -1,24 +1,65 @@
 //! What the verbs share: errors, sizes, secrets, opening.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use qcow_std::{Disk, Format};
 use zeroize::Zeroizing;
 
 /// A failed verb: one line for stderr, after `qcow: `.
 #[derive(Debug)]
-pub struct CliError(pub String);
+pub enum CliError {
+    /// The library failed (its error names the file).
+    Lib(qcow_std::Error),
+    /// The command refuses a request about a file (a bad argument or combination).
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// Why, for people.
+        why: String,
+    },
+    /// Writing the output or reading the input failed.
+    Stream {
+        /// Which stream: "write output", "read stdin", ...
+        what: &'static str,
+        /// The failure.
+        source: std::io::Error,
+    },
+}
+
+impl CliError {
+    /// Writing to stdout failed.
+    pub fn output(source: std::io::Error) -> Self {
+        CliError::Stream {
+            what: "write output",
+            source,
+        }
+    }
+}
 
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            CliError::Lib(e) => write!(f, "{e}{}", hint(e)),
+            CliError::Refused { path, why } => write!(f, "{}: {why}", path.display()),
+            CliError::Stream { what, source } => write!(f, "cannot {what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for CliError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CliError::Lib(e) => Some(e),
+            CliError::Refused { .. } => None,
+            CliError::Stream { source, .. } => Some(source),
+        }
     }
 }
 
 impl From<qcow_std::Error> for CliError {
     fn from(e: qcow_std::Error) -> Self {
-        CliError(format!("{e}{}", hint(&e)))
+        CliError::Lib(e)
     }
 }
 
@@ -43,7 +84,10 @@ pub type VerbResult = Result<u8, CliError>;
 
 /// An error about `path`.
 pub fn err(path: &Path, what: impl fmt::Display) -> CliError {
-    CliError(format!("{}: {what}", path.display()))
+    CliError::Refused {
+        path: path.to_path_buf(),
+        why: what.to_string(),
+    }
 }
 
 /// Output format of `info`, `map`, `check`.

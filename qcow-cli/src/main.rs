@@ -8,12 +8,9 @@ mod common;
 mod verbs;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use common::Output;
-use qcow_std::Format;
 
 #[derive(Parser)]
 #[command(
@@ -30,186 +27,27 @@ struct Cli {
 #[derive(Subcommand)]
 pub enum Verb {
     /// Create a new image.
-    Create {
-        /// Backing file (stored as given; relative to FILE's directory).
-        #[arg(short = 'b')]
-        backing: Option<String>,
-        /// Backing file format.
-        #[arg(short = 'F')]
-        backing_format: Option<Format>,
-        /// Do not open the backing file (it need not exist yet; SIZE is then required).
-        #[arg(short = 'u')]
-        unsafe_mode: bool,
-        /// Encrypt with QEMU's legacy AES-CBC (weak; LUKS/qcow2 is the modern choice).
-        #[arg(long)]
-        encrypt: bool,
-        /// File whose bytes are the secret.
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// Image file.
-        file: PathBuf,
-        /// Virtual size (defaults to the backing file's).
-        size: Option<String>,
-    },
+    Create(verbs::create::Args),
     /// Show an image's format, sizes, backing file.
-    Info {
-        /// Output format.
-        #[arg(long, value_enum, default_value = "human")]
-        output: Output,
-        /// Format (probed when absent).
-        #[arg(short = 'f')]
-        format: Option<Format>,
-        /// Image file.
-        file: PathBuf,
-    },
+    Info(verbs::info::Args),
     /// Copy an image into a new raw or qcow image.
-    Convert {
-        /// Source format (probed when absent).
-        #[arg(short = 'f')]
-        format: Option<Format>,
-        /// Output format.
-        #[arg(short = 'O', default_value = "raw")]
-        out_format: Format,
-        /// Write compressed clusters.
-        #[arg(short = 'c')]
-        compress: bool,
-        /// Show progress on stderr.
-        #[arg(short = 'p')]
-        progress: bool,
-        /// Make DST an overlay of BACKING holding only what differs.
-        #[arg(short = 'B')]
-        backing: Option<String>,
-        /// Worker threads for compression (default: all cores).
-        #[arg(short = 'm')]
-        threads: Option<usize>,
-        /// Secret of an encrypted source.
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// Secret of the encrypted output.
-        #[arg(long)]
-        target_password_file: Option<PathBuf>,
-        /// Encrypt the output (needs --target-password-file).
-        #[arg(long)]
-        encrypt: bool,
-        /// Source image.
-        src: PathBuf,
-        /// Destination image.
-        dst: PathBuf,
-    },
+    Convert(verbs::convert::Args),
     /// Compare the guest content of two images.
-    Compare {
-        /// Format of A.
-        #[arg(short = 'f')]
-        format_a: Option<Format>,
-        /// Format of B.
-        #[arg(short = 'F')]
-        format_b: Option<Format>,
-        /// Secret of encrypted images.
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// Fail when the sizes differ.
-        #[arg(short = 's')]
-        strict: bool,
-        /// First image.
-        a: PathBuf,
-        /// Second image.
-        b: PathBuf,
-    },
+    Compare(verbs::compare::Args),
     /// Show how the guest content is stored.
-    Map {
-        /// Output format.
-        #[arg(long, value_enum, default_value = "human")]
-        output: Output,
-        /// Format (probed when absent).
-        #[arg(short = 'f')]
-        format: Option<Format>,
-        /// Image file.
-        file: PathBuf,
-    },
+    Map(verbs::map::Args),
     /// Verify (and repair) an image's structure.
-    Check {
-        /// Repair: `leaks` or `all`.
-        #[arg(short = 'r')]
-        repair: Option<verbs::check::RepairMode>,
-        /// Output format.
-        #[arg(long, value_enum, default_value = "human")]
-        output: Output,
-        /// Format (must be qcow).
-        #[arg(short = 'f')]
-        format: Option<Format>,
-        /// Image file.
-        file: PathBuf,
-    },
+    Check(verbs::check::Args),
     /// Write an overlay's data into its backing file, then empty the overlay.
-    Commit {
-        /// Secret of encrypted images.
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// Overlay.
-        file: PathBuf,
-    },
+    Commit(verbs::commit::Args),
     /// Change the virtual size.
-    Resize {
-        /// Allow shrinking (drops the clusters past the new end).
-        #[arg(long)]
-        shrink: bool,
-        /// Secret of an encrypted image (needed to shrink it inside a cluster).
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// Image file.
-        file: PathBuf,
-        /// New size, or +SIZE / -SIZE relative to the current one.
-        #[arg(allow_hyphen_values = true)]
-        size: String,
-    },
+    Resize(verbs::resize::Args),
     /// Change the backing file.
-    Rebase {
-        /// Only rewrite the name; do not copy data.
-        #[arg(short = 'u')]
-        unsafe_mode: bool,
-        /// New backing file ("" removes it).
-        #[arg(short = 'b')]
-        backing: String,
-        /// New backing file's format.
-        #[arg(short = 'F')]
-        backing_format: Option<Format>,
-        /// Secret of encrypted images.
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// Image file.
-        file: PathBuf,
-    },
+    Rebase(verbs::rebase::Args),
     /// Write guest bytes [OFFSET, OFFSET+LENGTH) to stdout.
-    Read {
-        /// Secret of encrypted images.
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// Format (probed when absent).
-        #[arg(short = 'f')]
-        format: Option<Format>,
-        /// Image file.
-        file: PathBuf,
-        /// Guest offset.
-        offset: String,
-        /// Length.
-        length: String,
-    },
+    Read(verbs::read::Args),
     /// Write stdin's bytes at guest OFFSET.
-    Write {
-        /// Compress whole clusters where possible.
-        #[arg(short = 'c')]
-        compress: bool,
-        /// Secret of encrypted images.
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// Format (probed when absent).
-        #[arg(short = 'f')]
-        format: Option<Format>,
-        /// Image file.
-        file: PathBuf,
-        /// Guest offset.
-        offset: String,
-    },
+    Write(verbs::write::Args),
 }
 
 fn main() -> ExitCode {
@@ -250,7 +88,7 @@ fn main() -> ExitCode {
         }
     };
     let error_code = match cli.verb {
-        Verb::Compare { .. } => 2,
+        Verb::Compare(_) => 2,
         _ => 1,
     };
     let stdout = std::io::stdout();

@@ -305,7 +305,7 @@ fn write_sparse(
     data: &[u8],
     block: usize,
 ) -> Result<(), Error> {
-    use std::os::unix::fs::FileExt;
+    use crate::storage::Storage;
     let mut run: Option<usize> = None;
     let blocks: Vec<&[u8]> = data.chunks(block).collect();
     for (i, b) in blocks.iter().enumerate() {
@@ -313,7 +313,7 @@ fn write_sparse(
         match (zero, run) {
             (false, None) => run = Some(i * block),
             (true, Some(start)) => {
-                file.write_all_at(&data[start..i * block], offset + start as u64)
+                Storage::write_all_at(file, &data[start..i * block], offset + start as u64)
                     .map_err(|e| Error::io(path, e))?;
                 run = None;
             }
@@ -321,7 +321,7 @@ fn write_sparse(
         }
     }
     if let Some(start) = run {
-        file.write_all_at(&data[start..], offset + start as u64)
+        Storage::write_all_at(file, &data[start..], offset + start as u64)
             .map_err(|e| Error::io(path, e))?;
     }
     Ok(())

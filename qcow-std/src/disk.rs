@@ -410,11 +410,10 @@ pub struct LayerInfo {
 impl LayerInfo {
     /// The backing file name as a path, resolved against this layer's directory.
     pub fn backing_path(&self) -> Option<PathBuf> {
-        use std::os::unix::ffi::OsStrExt;
         let name = self.backing_name.as_ref()?;
         Some(crate::open::resolve_backing(
             &self.path,
-            Path::new(std::ffi::OsStr::from_bytes(name)),
+            &crate::file::name_path(name),
         ))
     }
 }

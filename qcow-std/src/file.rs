@@ -1,4 +1,6 @@
-//! Positional I/O on files.
+//! Everything that depends on the operating system (Unix): positional I/O on files
+//! (`pread`/`pwrite`), holes (`SEEK_DATA`/`SEEK_HOLE`, `fallocate`), file types, and
+//! file names as bytes.
 
 use std::fs::File;
 use std::io;
@@ -98,5 +100,27 @@ fn seek_to(file: &File, to: rustix::fs::SeekFrom) -> io::Result<Option<u64>> {
         Err(rustix::io::Errno::NXIO) => Ok(Some(file.metadata()?.len())),
         Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOTSUP => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A file name stored as bytes in an image, as a path (Unix paths are bytes).
+pub(crate) fn name_path(bytes: &[u8]) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    std::path::PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
+}
+
+/// A backing file, named by bytes of an image, must be a regular file or a block
+/// device: opening a FIFO would block forever, and a character device or a directory
+/// is no disk. (The top image is whatever the caller names.)
+pub(crate) fn backing_kind_ok(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = std::fs::metadata(path)?.file_type();
+    if t.is_file() || t.is_block_device() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file or block device",
+        ))
     }
 }

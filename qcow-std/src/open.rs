@@ -25,13 +25,25 @@ pub enum Format {
     Raw,
 }
 
+/// A format name other than `qcow` or `raw`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownFormat(pub String);
+
+impl std::fmt::Display for UnknownFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown format '{}' (qcow or raw)", self.0)
+    }
+}
+
+impl std::error::Error for UnknownFormat {}
+
 impl std::str::FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownFormat;
+    fn from_str(s: &str) -> Result<Self, UnknownFormat> {
         match s {
             "qcow" => Ok(Format::Qcow),
             "raw" => Ok(Format::Raw),
-            _ => Err(format!("unknown format '{s}' (qcow or raw)")),
+            _ => Err(UnknownFormat(s.to_string())),
         }
     }
 }
@@ -255,7 +267,7 @@ impl DiskOptions {
 
 /// Opens the backing file `path` named by the image `overlay`.
 fn open_backing(overlay: &Path, path: &Path) -> Result<Arc<dyn Storage>, Error> {
-    backing_kind_ok(path)
+    crate::file::backing_kind_ok(path)
         .and_then(|()| File::open(path))
         .map(|f| Arc::new(f) as Arc<dyn Storage>)
         .map_err(|e| Error::BackingMissing {
@@ -296,27 +308,6 @@ pub fn resolve_backing(overlay: &Path, name: &Path) -> PathBuf {
     }
 }
 
-fn name_path(bytes: &[u8]) -> PathBuf {
-    use std::os::unix::ffi::OsStrExt;
-    PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
-}
-
-/// A backing file, named by bytes of an image, must be a regular file or a block
-/// device: opening a FIFO would block forever, and a character device or a directory
-/// is no disk. (The top image is whatever the caller names.)
-fn backing_kind_ok(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    let t = std::fs::metadata(path)?.file_type();
-    if t.is_file() || t.is_block_device() {
-        Ok(())
-    } else {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file or block device",
-        ))
-    }
-}
-
 /// A file of the chain, probed.
 struct Link {
     path: PathBuf,
@@ -331,6 +322,6 @@ impl Link {
     /// The backing file to open next.
     fn next(&self) -> Option<PathBuf> {
         let (_, name) = self.qcow.as_ref().filter(|_| self.follow)?;
-        Some(resolve_backing(&self.path, &name_path(name)))
+        Some(resolve_backing(&self.path, &crate::file::name_path(name)))
     }
 }

@@ -1,7 +1,7 @@
 //! `qcow check`: verify (and repair) an image's structure (qemu-img refuses qcow).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use qcow_std::maint::{Maintenance, RepairMode as CoreMode, Report};
 use qcow_std::Format;
@@ -28,19 +28,31 @@ pub fn status(r: &Report) -> u8 {
     }
 }
 
-/// Runs `check`.
-pub fn run(
-    file: &Path,
-    format: Option<Format>,
-    repair_mode: Option<RepairMode>,
+/// The arguments of `check`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Repair: `leaks` or `all`.
+    #[arg(short = 'r')]
+    repair: Option<RepairMode>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "human")]
     output: Output,
-    out: &mut dyn Write,
-) -> VerbResult {
+    /// Format (must be qcow).
+    #[arg(short = 'f')]
+    format: Option<Format>,
+    /// Image file.
+    file: PathBuf,
+}
+
+/// Runs `check`.
+pub fn run(a: &Args, out: &mut dyn Write) -> VerbResult {
+    let (file, format, output) = (a.file.as_path(), a.format, a.output);
+    let repair_mode = a.repair;
     let mut m = Maintenance::open_as(file, format, repair_mode.is_some())?;
     if m.format() != Format::Qcow {
         return Err(err(file, "check needs a qcow image (this one is raw)"));
     }
-    let w = |e: std::io::Error| CliError(format!("cannot write output: {e}"));
+    let w = CliError::output;
     let (report, repaired) = match repair_mode {
         None => (m.check()?, None),
         Some(mode) => {

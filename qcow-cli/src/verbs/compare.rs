@@ -1,7 +1,7 @@
 //! `qcow compare`: do two images hold the same guest content?
 
 use std::io::Write;
-use std::path::Path;
+use std::path::PathBuf;
 
 use qcow_std::{Disk, Format};
 
@@ -9,20 +9,36 @@ use crate::common::{open_disk, CliError, VerbResult};
 
 const CHUNK: u64 = 4 << 20;
 
+/// The arguments of `compare`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Format of A.
+    #[arg(short = 'f')]
+    format_a: Option<Format>,
+    /// Format of B.
+    #[arg(short = 'F')]
+    format_b: Option<Format>,
+    /// Secret of encrypted images.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Fail when the sizes differ.
+    #[arg(short = 's')]
+    strict: bool,
+    /// First image.
+    a: PathBuf,
+    /// Second image.
+    b: PathBuf,
+}
+
 /// Runs `compare`: 0 identical, 1 different (first differing offset printed), errors
 /// are exit 2 (by the caller).
-pub fn run(
-    a: &Path,
-    b: &Path,
-    fa: Option<Format>,
-    fb: Option<Format>,
-    password: Option<&Path>,
-    strict: bool,
-    out: &mut dyn Write,
-) -> VerbResult {
+pub fn run(a: &Args, out: &mut dyn Write) -> VerbResult {
+    let (fa, fb, strict) = (a.format_a, a.format_b, a.strict);
+    let password = a.password_file.as_deref();
+    let (a, b) = (a.a.as_path(), a.b.as_path());
     let da = open_disk(a, fa, password, false)?;
     let db = open_disk(b, fb, password, false)?;
-    let w = |e: std::io::Error| CliError(format!("cannot write output: {e}"));
+    let w = CliError::output;
     let (sa, sb) = (da.size(), db.size());
     if strict && sa != sb {
         writeln!(out, "Strict mode: Image size mismatch!").map_err(w)?;

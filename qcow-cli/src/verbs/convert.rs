@@ -9,30 +9,39 @@ use qcow_std::{Disk, Format};
 use crate::common::{err, open_disk, read_secret, CliError, VerbResult};
 
 /// The arguments of `convert`.
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Source format.
-    pub format: Option<Format>,
+    /// Source format (probed when absent).
+    #[arg(short = 'f')]
+    format: Option<Format>,
     /// Output format.
-    pub out_format: Format,
-    /// Compress.
-    pub compress: bool,
-    /// Progress on stderr.
-    pub progress: bool,
-    /// Backing file of the output.
-    pub backing: Option<String>,
-    /// Compression threads (0: all cores).
-    pub threads: usize,
-    /// Source secret.
-    pub password_file: Option<PathBuf>,
-    /// Output secret.
-    pub target_password_file: Option<PathBuf>,
-    /// Encrypt the output.
-    pub encrypt: bool,
-    /// Source.
-    pub src: PathBuf,
-    /// Destination.
-    pub dst: PathBuf,
+    #[arg(short = 'O', default_value = "raw")]
+    out_format: Format,
+    /// Write compressed clusters.
+    #[arg(short = 'c')]
+    compress: bool,
+    /// Show progress on stderr.
+    #[arg(short = 'p')]
+    progress: bool,
+    /// Make DST an overlay of BACKING holding only what differs.
+    #[arg(short = 'B')]
+    backing: Option<String>,
+    /// Worker threads for compression (default: all cores).
+    #[arg(short = 'm')]
+    threads: Option<usize>,
+    /// Secret of an encrypted source.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Secret of the encrypted output.
+    #[arg(long)]
+    target_password_file: Option<PathBuf>,
+    /// Encrypt the output (needs --target-password-file).
+    #[arg(long)]
+    encrypt: bool,
+    /// Source image.
+    src: PathBuf,
+    /// Destination image.
+    dst: PathBuf,
 }
 
 /// Runs `convert`.
@@ -86,7 +95,7 @@ pub fn run(a: &Args, _out: &mut dyn Write) -> VerbResult {
     let mut opts = ConvertOptions::new(a.out_format)
         .compress(a.compress)
         .encrypt(encrypt)
-        .threads(a.threads);
+        .threads(a.threads.unwrap_or(0));
     if let Some((name, disk)) = &backing {
         opts = opts.backing(name.clone(), disk);
     }

@@ -1,7 +1,7 @@
 //! `qcow create`: a new, empty image laid out as QEMU lays it out.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use qcow_core::write::CreateOptions;
 use qcow_std::{Disk, Format};
@@ -12,27 +12,37 @@ use crate::common::{err, parse_size, read_secret, CliError, VerbResult};
 pub const WEAK_CIPHER: &str = "qcow: warning: the qcow AES-CBC encryption is weak and deprecated \
 (no integrity, predictable IVs, a password used directly as key); use LUKS (qcow2/luks) for new images";
 
-/// The backing file arguments of `create`: `-b NAME`, `-F FMT`, `-u`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BackingArgs<'a> {
-    /// The name to store.
-    pub name: Option<&'a str>,
-    /// Its format (probed when absent).
-    pub format: Option<Format>,
-    /// Do not open it.
-    pub unsafe_mode: bool,
+/// The arguments of `create`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Backing file (stored as given; relative to FILE's directory).
+    #[arg(short = 'b')]
+    backing: Option<String>,
+    /// Backing file format.
+    #[arg(short = 'F')]
+    backing_format: Option<Format>,
+    /// Do not open the backing file (it need not exist yet; SIZE is then required).
+    #[arg(short = 'u')]
+    unsafe_mode: bool,
+    /// Encrypt with QEMU's legacy AES-CBC (weak; LUKS/qcow2 is the modern choice).
+    #[arg(long)]
+    encrypt: bool,
+    /// File whose bytes are the secret.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Image file.
+    file: PathBuf,
+    /// Virtual size (defaults to the backing file's).
+    size: Option<String>,
 }
 
 /// Runs `create`.
-pub fn run(
-    file: &Path,
-    size: Option<&str>,
-    b: BackingArgs<'_>,
-    encrypt: bool,
-    password: Option<&Path>,
-    out: &mut dyn Write,
-) -> VerbResult {
-    let (backing, backing_format, unsafe_mode) = (b.name, b.format, b.unsafe_mode);
+pub fn run(a: &Args, out: &mut dyn Write) -> VerbResult {
+    let file = a.file.as_path();
+    let size = a.size.as_deref();
+    let (encrypt, password) = (a.encrypt, a.password_file.as_deref());
+    let (backing, backing_format, unsafe_mode) =
+        (a.backing.as_deref(), a.backing_format, a.unsafe_mode);
     let backing = backing.filter(|b| !b.is_empty());
     // As qemu-img: the backing file must open (it gives the default size), unless -u.
     let backing_size = match backing {
@@ -87,6 +97,6 @@ pub fn run(
     if encrypt {
         line.push_str(" encrypt.format=aes");
     }
-    writeln!(out, "{line}").map_err(|e| CliError(format!("cannot write output: {e}")))?;
+    writeln!(out, "{line}").map_err(CliError::output)?;
     Ok(0)
 }

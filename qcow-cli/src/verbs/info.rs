@@ -1,14 +1,28 @@
 //! `qcow info`: format, sizes, backing file. Needs no password.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use qcow_std::{Disk, Format};
 
 use crate::common::{disk_usage, human_size, json_str, Output, VerbResult};
 
+/// The arguments of `info`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "human")]
+    output: Output,
+    /// Format (probed when absent).
+    #[arg(short = 'f')]
+    format: Option<Format>,
+    /// Image file.
+    file: PathBuf,
+}
+
 /// Runs `info`.
-pub fn run(file: &Path, format: Option<Format>, output: Output, out: &mut dyn Write) -> VerbResult {
+pub fn run(a: &Args, out: &mut dyn Write) -> VerbResult {
+    let (file, format, output) = (a.file.as_path(), a.format, a.output);
     let disk = Disk::options().format(format).no_backing(true).open(file)?;
     let size = disk.size();
     let actual = disk_usage(file);
@@ -20,7 +34,7 @@ pub fn run(file: &Path, format: Option<Format>, output: Output, out: &mut dyn Wr
         .backing_name
         .as_ref()
         .map(|b| String::from_utf8_lossy(b).into_owned());
-    let w = |e: std::io::Error| crate::common::CliError(format!("cannot write output: {e}"));
+    let w = crate::common::CliError::output;
     match output {
         Output::Json => {
             let mut fields = vec![

@@ -1,7 +1,7 @@
 //! `qcow map`: how the guest content is stored, as `qemu-img map`.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::PathBuf;
 
 use qcow_core::StatusKind;
 use qcow_std::{Disk, Format};
@@ -92,11 +92,25 @@ pub fn for_each_extent(
     Ok(())
 }
 
+/// The arguments of `map`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "human")]
+    output: Output,
+    /// Format (probed when absent).
+    #[arg(short = 'f')]
+    format: Option<Format>,
+    /// Image file.
+    file: PathBuf,
+}
+
 /// Runs `map`.
-pub fn run(file: &Path, format: Option<Format>, output: Output, out: &mut dyn Write) -> VerbResult {
+pub fn run(a: &Args, out: &mut dyn Write) -> VerbResult {
+    let (file, format, output) = (a.file.as_path(), a.format, a.output);
     let disk = Disk::options().format(format).open(file)?;
     let out = &mut std::io::BufWriter::new(out);
-    let w = |e: std::io::Error| CliError(format!("cannot write output: {e}"));
+    let w = CliError::output;
     match output {
         Output::Json => {
             let mut first = true;

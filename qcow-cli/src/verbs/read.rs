@@ -1,7 +1,7 @@
 //! `qcow read`: guest bytes to stdout.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::PathBuf;
 
 use qcow_std::Format;
 
@@ -10,15 +10,27 @@ use crate::common::{err, open_disk, parse_size, CliError, VerbResult};
 /// Bytes read per request.
 const CHUNK: u64 = 4 << 20;
 
-/// Runs `read`.
-pub fn run(
-    file: &Path,
+/// The arguments of `read`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Secret of encrypted images.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Format (probed when absent).
+    #[arg(short = 'f')]
     format: Option<Format>,
-    offset: &str,
-    length: &str,
-    password: Option<&Path>,
-    out: &mut dyn Write,
-) -> VerbResult {
+    /// Image file.
+    file: PathBuf,
+    /// Guest offset.
+    offset: String,
+    /// Length.
+    length: String,
+}
+
+/// Runs `read`.
+pub fn run(a: &Args, out: &mut dyn Write) -> VerbResult {
+    let (file, format, password) = (a.file.as_path(), a.format, a.password_file.as_deref());
+    let (offset, length) = (a.offset.as_str(), a.length.as_str());
     let offset = parse_size(offset).map_err(|e| err(file, format!("offset: {e}")))?;
     let length = parse_size(length).map_err(|e| err(file, format!("length: {e}")))?;
     let disk = open_disk(file, format, password, false)?;
@@ -36,8 +48,7 @@ pub fn run(
     while done < length {
         let n = (length - done).min(CHUNK) as usize;
         disk.read_at(offset + done, &mut buf[..n])?;
-        out.write_all(&buf[..n])
-            .map_err(|e| CliError(format!("cannot write output: {e}")))?;
+        out.write_all(&buf[..n]).map_err(CliError::output)?;
         done += n as u64;
     }
     Ok(0)

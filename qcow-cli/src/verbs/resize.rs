@@ -1,20 +1,32 @@
 //! `qcow resize`: change the virtual size (qemu-img refuses qcow).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::PathBuf;
 
 use qcow_std::maint::{Maintenance, ResizeOptions};
 
 use crate::common::{err, parse_size, read_secret, CliError, VerbResult};
 
-/// Runs `resize`: SIZE, +SIZE or -SIZE.
-pub fn run(
-    file: &Path,
-    size: &str,
+/// The arguments of `resize`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Allow shrinking (drops the clusters past the new end).
+    #[arg(long)]
     shrink: bool,
-    password: Option<&Path>,
-    out: &mut dyn Write,
-) -> VerbResult {
+    /// Secret of an encrypted image (needed to shrink it inside a cluster).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Image file.
+    file: PathBuf,
+    /// New size, or +SIZE / -SIZE relative to the current one.
+    #[arg(allow_hyphen_values = true)]
+    size: String,
+}
+
+/// Runs `resize`: SIZE, +SIZE or -SIZE.
+pub fn run(a: &Args, out: &mut dyn Write) -> VerbResult {
+    let (file, size, shrink) = (a.file.as_path(), a.size.as_str(), a.shrink);
+    let password = a.password_file.as_deref();
     // Another image format is refused by name (resize has no -f raw).
     let mut m = Maintenance::open(file, true)?;
     let current = m.size()?;
@@ -41,6 +53,6 @@ pub fn run(
     }
     let secret = password.map(read_secret).transpose()?;
     m.resize(&ResizeOptions::new(new).shrink(shrink).secret(secret))?;
-    writeln!(out, "Image resized.").map_err(|e| CliError(format!("cannot write output: {e}")))?;
+    writeln!(out, "Image resized.").map_err(CliError::output)?;
     Ok(0)
 }

@@ -1,7 +1,7 @@
 //! `qcow write`: stdin's bytes at a guest offset.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use qcow_std::{Disk, Format};
 
@@ -32,18 +32,30 @@ fn past_end(file: &Path, at: u64, n: u64, size: u64) -> CliError {
     )
 }
 
+/// The arguments of `write`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Compress whole clusters where possible.
+    #[arg(short = 'c')]
+    compress: bool,
+    /// Secret of encrypted images.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Format (probed when absent).
+    #[arg(short = 'f')]
+    format: Option<Format>,
+    /// Image file.
+    file: PathBuf,
+    /// Guest offset.
+    offset: String,
+}
+
 /// Runs `write`, taking the data from `input`; `input_len`, when known (stdin is a
 /// file), is checked against the virtual size first; otherwise the input is spooled
 /// first and refused whole when it is too long. Nothing is written then.
-pub fn run(
-    file: &Path,
-    format: Option<Format>,
-    offset: &str,
-    compress: bool,
-    password: Option<&Path>,
-    input: &mut dyn Read,
-    input_len: Option<u64>,
-) -> VerbResult {
+pub fn run(a: &Args, input: &mut dyn Read, input_len: Option<u64>) -> VerbResult {
+    let (file, format, password) = (a.file.as_path(), a.format, a.password_file.as_deref());
+    let (offset, compress) = (a.offset.as_str(), a.compress);
     let offset = parse_size(offset).map_err(|e| err(file, format!("offset: {e}")))?;
     let disk = open_disk(file, format, password, true)?;
     let size = disk.size();
@@ -56,8 +68,10 @@ pub fn run(
     let mut at = offset;
     if input_len.is_some() {
         loop {
-            let n =
-                fill(input, &mut buf).map_err(|e| CliError(format!("cannot read stdin: {e}")))?;
+            let n = fill(input, &mut buf).map_err(|e| CliError::Stream {
+                what: "read stdin",
+                source: e,
+            })?;
             if n == 0 {
                 break;
             }
@@ -72,7 +86,7 @@ pub fn run(
         // chunk), so a stream too long for the image is refused before anything is
         // written.
         let spool = spool(input, size.saturating_sub(offset), &mut buf)
-            .map_err(|e| CliError(format!("cannot read stdin: {e}")))?
+            .map_err(|e| CliError::Stream { what: "read stdin", source: e })?
             .ok_or_else(|| {
                 err(
                     file,
@@ -90,7 +104,10 @@ pub fn run(
                 while done < total {
                     let n = (total - done).min(CHUNK as u64) as usize;
                     f.read_exact_at(&mut buf[..n], done)
-                        .map_err(|e| CliError(format!("cannot read the spooled input: {e}")))?;
+                        .map_err(|e| CliError::Stream {
+                            what: "read the spooled input",
+                            source: e,
+                        })?;
                     write_chunk(&disk, at, &buf[..n], compress)?;
                     at += n as u64;
                     done += n as u64;
