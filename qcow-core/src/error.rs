@@ -39,6 +39,21 @@ pub enum Problem {
     Empty,
 }
 
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::PastEof { file_len } => {
+                write!(f, "lies past the end of the {file_len}-byte file")
+            }
+            Problem::Misaligned => f.write_str("is not 512-byte aligned"),
+            Problem::OverlapsMetadata => {
+                f.write_str("overlaps the header, backing name or L1 table")
+            }
+            Problem::Empty => f.write_str("has length zero"),
+        }
+    }
+}
+
 /// Every way the core can fail.
 ///
 /// `E` is the error type of the [`BlockIo`](crate::BlockIo) underneath.
@@ -225,10 +240,10 @@ impl<E> Error<E> {
     }
 }
 
-impl<E: fmt::Display> fmt::Display for Error<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Io(e) => write!(f, "{e}"),
+impl<E> Error<E> {
+    /// The message of a header or layout check, `None` for the other variants.
+    fn fmt_header(&self, f: &mut fmt::Formatter<'_>) -> Option<fmt::Result> {
+        Some(match self {
             Error::HeaderTruncated { len } => {
                 write!(f, "file is {len} bytes, shorter than the 48-byte qcow header")
             }
@@ -272,23 +287,22 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             ),
             Error::L1Misaligned(o) => write!(f, "L1 table offset {o} is not 8-byte aligned"),
             Error::L1OverlapsHeader(o) => write!(f, "L1 table at offset {o} overlaps the header"),
+            _ => return None,
+        })
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "{e}"),
             Error::BadReference {
                 kind,
                 guest,
                 host,
                 problem,
             } => {
-                write!(f, "{kind} at host offset {host} (guest offset {guest}) ")?;
-                match problem {
-                    Problem::PastEof { file_len } => {
-                        write!(f, "lies past the end of the {file_len}-byte file")
-                    }
-                    Problem::Misaligned => f.write_str("is not 512-byte aligned"),
-                    Problem::OverlapsMetadata => {
-                        f.write_str("overlaps the header, backing name or L1 table")
-                    }
-                    Problem::Empty => f.write_str("has length zero"),
-                }
+                write!(f, "{kind} at host offset {host} (guest offset {guest}) {problem}")
             }
             Error::CompressedInvalid { guest, host } => write!(
                 f,
@@ -321,6 +335,8 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
                 f,
                 "new size {new_size} is below the current size {size}: shrinking drops data past it and must be asked for"
             ),
+            // The header and layout checks (fmt_header knows each of them).
+            other => other.fmt_header(f).unwrap_or(Ok(())),
         }
     }
 }

@@ -147,130 +147,174 @@ fn copy(src: &Disk, file: File, dst: &Path, mut opts: ConvertOptions<'_>) -> Res
     } else {
         opts.threads
     };
-    let mut sink = match opts.format {
-        Format::Raw => {
-            file.set_len(size).map_err(|e| Error::io(dst, e))?;
-            Sink::Raw {
-                file,
-                path: dst.to_path_buf(),
-            }
-        }
-        Format::Qcow => {
-            let mut io = FileIo::new(file);
-            io.set_sync(false);
-            let create = create_options(&opts, size);
-            let writer = Writer::create(io, &create, opts.encrypt.as_deref().map(|v| &v[..]))
-                .map_err(|e| Error::image(dst, e))?;
-            Sink::Qcow {
-                writer: Box::new(writer),
-                path: dst.to_path_buf(),
-                deflaters: Vec::new(),
-                threads,
-            }
-        }
-    };
-    let cluster = match &sink {
-        Sink::Qcow { writer, .. } => writer.geometry().cluster_len(),
-        Sink::Raw { .. } => 4096,
-    };
+    let mut sink = Sink::open(file, dst, &opts, size, threads)?;
+    let cluster = sink.cluster();
+    let compress = opts.compress && opts.encrypt.is_none();
     let mut buf = vec![0u8; CHUNK];
     let mut base_buf = vec![0u8; if opts.backing.is_some() { CHUNK } else { 0 }];
     let mut offset = 0u64;
-    let skip_unit = cluster.max(4096) as u64;
     while offset < size {
-        // Skip what reads as zeros in the source (and, for an overlay, in its backing
-        // file too) without reading it: a sparse terabyte takes no time.
-        let mut skip = src.zero_run(offset, size - offset)?;
-        if skip > 0 {
-            if let Some((_, disk)) = &opts.backing {
-                skip = disk.zero_run(offset, skip)?;
-            }
-        }
-        let skip = if offset + skip >= size {
-            size - offset
+        let skip = zeros_ahead(src, &opts, offset, size, cluster.max(4096) as u64)?;
+        let n = if skip > 0 {
+            skip
         } else {
-            skip / skip_unit * skip_unit
+            let n = usize::try_from((size - offset).min(CHUNK as u64)).unwrap_or(CHUNK);
+            let chunk = &mut buf[..n];
+            read_parallel(src, offset, chunk, threads)?;
+            let base = match &opts.backing {
+                Some((_, disk)) => Some(read_base(disk, offset, &mut base_buf[..n], threads)?),
+                None => None,
+            };
+            sink.push(offset, chunk, base, compress)?;
+            n as u64
         };
-        if skip > 0 {
-            offset += skip;
-            if let Some(p) = opts.progress.as_mut() {
-                p(offset, size);
-            }
-            continue;
+        offset += n;
+        if let Some(p) = opts.progress.as_mut() {
+            p(offset, size);
         }
-        let n = usize::try_from((size - offset).min(CHUNK as u64)).unwrap_or(CHUNK);
-        let chunk = &mut buf[..n];
-        read_parallel(src, offset, chunk, threads)?;
-        let base = match &opts.backing {
-            Some((_, disk)) => {
-                let b = &mut base_buf[..n];
-                let inside = usize::try_from(disk.size().saturating_sub(offset))
-                    .unwrap_or(usize::MAX)
-                    .min(n);
-                b[inside..].fill(0);
-                if inside > 0 {
-                    read_parallel(disk, offset, &mut b[..inside], threads)?;
+    }
+    sink.finish()?;
+    if let Some(p) = opts.progress.as_mut() {
+        p(size, size);
+    }
+    Ok(())
+}
+
+/// How much from `offset` reads as zeros in the source (and, for an overlay, in its
+/// backing file too) without reading it, in whole `unit`s (or up to the end): a
+/// sparse terabyte takes no time.
+fn zeros_ahead(
+    src: &Disk,
+    opts: &ConvertOptions<'_>,
+    offset: u64,
+    size: u64,
+    unit: u64,
+) -> Result<u64, Error> {
+    let mut skip = src.zero_run(offset, size - offset)?;
+    if skip > 0 {
+        if let Some((_, disk)) = &opts.backing {
+            skip = disk.zero_run(offset, skip)?;
+        }
+    }
+    Ok(if offset + skip >= size {
+        size - offset
+    } else {
+        skip / unit * unit
+    })
+}
+
+/// The backing file's content at `offset`, zeros past its end.
+fn read_base<'b>(
+    disk: &Disk,
+    offset: u64,
+    buf: &'b mut [u8],
+    threads: usize,
+) -> Result<&'b [u8], Error> {
+    let inside = usize::try_from(disk.size().saturating_sub(offset))
+        .unwrap_or(usize::MAX)
+        .min(buf.len());
+    buf[inside..].fill(0);
+    if inside > 0 {
+        read_parallel(disk, offset, &mut buf[..inside], threads)?;
+    }
+    Ok(buf)
+}
+
+impl Sink {
+    /// The output: a raw file of the source's size, or a qcow image's writer.
+    fn open(
+        file: File,
+        dst: &Path,
+        opts: &ConvertOptions<'_>,
+        size: u64,
+        threads: usize,
+    ) -> Result<Sink, Error> {
+        Ok(match opts.format {
+            Format::Raw => {
+                file.set_len(size).map_err(|e| Error::io(dst, e))?;
+                Sink::Raw {
+                    file,
+                    path: dst.to_path_buf(),
                 }
-                Some(&base_buf[..n])
             }
-            None => None,
-        };
-        match &mut sink {
-            Sink::Raw { file, path } => write_sparse(file, path, offset, chunk, cluster)?,
+            Format::Qcow => {
+                let mut io = FileIo::new(file);
+                io.set_sync(false);
+                let create = create_options(opts, size);
+                let writer = Writer::create(io, &create, opts.encrypt.as_deref().map(|v| &v[..]))
+                    .map_err(|e| Error::image(dst, e))?;
+                Sink::Qcow {
+                    writer: Box::new(writer),
+                    path: dst.to_path_buf(),
+                    deflaters: Vec::new(),
+                    threads,
+                }
+            }
+        })
+    }
+
+    /// The unit of what is written: the qcow cluster, or 4 KiB blocks of a raw file.
+    fn cluster(&self) -> usize {
+        match self {
+            Sink::Qcow { writer, .. } => writer.geometry().cluster_len(),
+            Sink::Raw { .. } => 4096,
+        }
+    }
+
+    /// Writes the chunk read at `offset`: a raw file gets its non-zero blocks; a qcow
+    /// image its non-zero clusters, or with `base` those that differ from it.
+    fn push(
+        &mut self,
+        offset: u64,
+        chunk: &[u8],
+        base: Option<&[u8]>,
+        compress: bool,
+    ) -> Result<(), Error> {
+        let cluster = self.cluster();
+        let (writer, path, deflaters, threads) = match self {
+            Sink::Raw { file, path } => return write_sparse(file, path, offset, chunk, cluster),
             Sink::Qcow {
                 writer,
                 path,
                 deflaters,
                 threads,
-            } => {
-                let first = offset / cluster as u64;
-                let mut wanted: Vec<(u64, &[u8])> = Vec::new();
-                for (i, c) in chunk.chunks(cluster).enumerate() {
-                    let keep = match base {
-                        Some(b) => {
-                            let at = i * cluster;
-                            c != &b[at..at + c.len()]
-                        }
-                        None => !is_zero(c),
-                    };
-                    if keep {
-                        wanted.push((first + i as u64, c));
-                    }
-                }
-                if opts.compress && opts.encrypt.is_none() {
-                    let streams = compress_all(&wanted, deflaters, *threads, cluster);
-                    for ((idx, data), stream) in wanted.iter().zip(streams) {
-                        match stream {
-                            Some(s) => writer.push_compressed(*idx, &s),
-                            None => writer.push_plain(*idx, data),
-                        }
-                        .map_err(|e| Error::image(&*path, e))?;
-                    }
-                } else {
-                    for (idx, data) in &wanted {
-                        writer
-                            .push_plain(*idx, data)
-                            .map_err(|e| Error::image(&*path, e))?;
-                    }
-                }
+            } => (writer, path, deflaters, *threads),
+        };
+        let first = offset / cluster as u64;
+        let wanted: Vec<(u64, &[u8])> = chunk
+            .chunks(cluster)
+            .enumerate()
+            .filter(|(i, c)| match base {
+                Some(b) => *c != &b[i * cluster..i * cluster + c.len()],
+                None => !is_zero(c),
+            })
+            .map(|(i, c)| (first + i as u64, c))
+            .collect();
+        let streams = if compress {
+            compress_all(&wanted, deflaters, threads, cluster)
+        } else {
+            vec![None; wanted.len()]
+        };
+        for ((idx, data), stream) in wanted.iter().zip(streams) {
+            match stream {
+                Some(s) => writer.push_compressed(*idx, &s),
+                None => writer.push_plain(*idx, data),
+            }
+            .map_err(|e| Error::image(&*path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Completes the output and syncs it.
+    fn finish(self) -> Result<(), Error> {
+        match self {
+            Sink::Raw { file, path } => file.sync_data().map_err(|e| Error::io(path, e)),
+            Sink::Qcow { writer, path, .. } => {
+                let io = writer.finish().map_err(|e| Error::image(&path, e))?;
+                io.file().sync_data().map_err(|e| Error::io(&path, e))
             }
         }
-        offset += n as u64;
-        if let Some(p) = opts.progress.as_mut() {
-            p(offset, size);
-        }
     }
-    match sink {
-        Sink::Raw { file, path } => file.sync_data().map_err(|e| Error::io(path, e))?,
-        Sink::Qcow { writer, path, .. } => {
-            let io = writer.finish().map_err(|e| Error::image(&path, e))?;
-            io.file().sync_data().map_err(|e| Error::io(&path, e))?;
-        }
-    }
-    if let Some(p) = opts.progress.as_mut() {
-        p(size, size);
-    }
-    Ok(())
 }
 
 /// Bytes of a chunk below which one thread reads it alone.
