@@ -8,7 +8,7 @@
 //! Everything works on a positional device, [`BlockIo`]. Reading needs no allocator:
 //! an [`Image`] takes a caller-provided scratch buffer of [`image::scratch_len`] bytes
 //! (two clusters, 128 KiB at most) and caches table entries in a fixed-capacity
-//! [`cache::TableCache`] (about 8 KiB).
+//! table cache (about 8 KiB).
 //!
 //! # Features
 //! - `alloc` (default): the write path ([`write`](mod@write): `Image::write_at`,
@@ -21,6 +21,22 @@
 //! cluster or compressed stream that lies past the end of the file, is not 512-byte
 //! aligned (plain clusters and tables), or overlaps the header, backing name or L1
 //! table. An L1 table or backing name past the end of the file fails at open.
+//! # Example
+//!
+//! An image made, written and read in memory (with `alloc`; without it, [`Image::open`]
+//! takes a [`io::SliceIo`] or your own [`BlockIo`] and a caller's scratch buffer):
+//!
+//! ```
+//! use qcow_core::{io::MemIo, write::{create, CreateOptions}, Image, NoBacking};
+//! let mut io = MemIo::default();
+//! create(&mut io, &CreateOptions::new(1 << 20))?;           // 1 MiB, QEMU's layout
+//! let mut image = Image::open(io, NoBacking::new(), vec![0u8; 2 * 4096])?;
+//! image.write_at(4096, b"hello")?;                          // data, then L2, then L1
+//! let mut buf = [0u8; 5];
+//! image.read_at(4096, &mut buf)?;
+//! assert_eq!(&buf, b"hello");
+//! # Ok::<(), qcow_core::Error<embedded_io::ErrorKind>>(())
+//! ```
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -28,7 +44,7 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
-pub mod cache;
+mod cache;
 #[cfg(feature = "alloc")]
 pub mod check;
 pub mod cluster;

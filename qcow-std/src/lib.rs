@@ -39,3 +39,8 @@ pub use error::Error;
 pub use open::{probe, DiskOptions, Format};
 pub use qcow_core;
 pub use storage::{ReadSeek, ReadWriteSeek, Storage};
+
+/// The README's Rust examples, compiled by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
