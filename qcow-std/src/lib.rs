@@ -19,7 +19,7 @@
 //! ```
 //!
 //! Platforms: Unix (Linux first): the file layer (`pread`/`pwrite`, `SEEK_DATA`,
-//! `fallocate`) lives in [`file`].
+//! `fallocate`) lives in [`mod@file`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
