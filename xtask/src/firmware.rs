@@ -265,31 +265,9 @@ fn check_firmware_binary(bin: &Path) -> Result<(), String> {
 /// Virtual size of the test disk: 8 MiB and three sectors (not a whole cluster).
 const DISK: u64 = 8 * 1024 * 1024 + 3 * 512;
 
-/// The CRC-32 of zlib (IEEE 802.3, reflected polynomial 0xEDB88320).
-fn crc32(data: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    };
-    !data.iter().fold(!0u32, |c, &b| {
-        TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8)
-    })
-}
+/// The CRC-32 of zlib, as both freestanding examples compute it (one copy, in
+/// examples/common; its check value is asserted at compile time there).
+pub(crate) use qcow_example_common::crc32::crc32;
 
 /// xorshift64*: reproducible noise without a dependency.
 struct Rng(u64);
@@ -728,13 +706,4 @@ pub fn firmware_footprint(args: &[String]) -> Result<(), String> {
         println!("{image:<28} {stack:>12} {hwm:>10}");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn crc32_check_value() {
-        assert_eq!(super::crc32(b"123456789"), 0xCBF4_3926);
-        assert_eq!(super::crc32(b""), 0);
-    }
 }
