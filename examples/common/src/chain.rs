@@ -7,12 +7,12 @@
 //! a file could drive:
 //! 1. `discover` walks the chain top-down in a bounded loop, opening each backing
 //!    file into a fixed array of `LayerFile`s (a cycle just runs into the bound);
-//! 2. [`digest`] builds the layers bottom-up as types nested to a fixed depth: each
+//! 2. `read_chain` builds the layers bottom-up as types nested to a fixed depth: each
 //!    layer is a [`Lower`] (absent, raw, or a qcow [`Image`]) whose own backing is a
 //!    `&mut` borrow of the layer beneath, down to [`NoBacking`]:
 //!    `Image<T, &mut Lower<F, &mut Lower<F, &mut Lower<F, &mut Lower<F, NoBacking>>>>, _>`.
 //!    Reading then goes through qcow-core's own [`Backing`] chain. Deepening the
-//!    chain is one more line in `digest` (and in `LAYERS`).
+//!    chain is one more line in `read_chain` (and in `LAYERS`).
 //!
 //! Borrowing rather than owning the layer beneath keeps every image in a local of
 //! its own: an owned nesting would be moved (copied) level by level, and the stack
@@ -33,7 +33,7 @@ use qcow_core::image::{read_backing_name, read_header, scratch_len};
 use qcow_core::{Backing, BlockIo, Error, Image, NoBacking, Raw, Status};
 
 use crate::crc32::Crc32;
-use crate::path::Path;
+use crate::path::{Name, Path};
 
 /// Images in the longest chain accepted: the top image and four backing files.
 pub const LAYERS: usize = 5;
@@ -68,7 +68,7 @@ pub struct Digest {
 /// Why an image could not be read: what went wrong, and the file it concerns.
 pub struct Failure<E> {
     /// The file: the image, or the backing file at fault.
-    pub path: Path,
+    pub path: Name,
     /// What went wrong.
     pub kind: FailureKind<E>,
 }
@@ -102,7 +102,7 @@ pub enum FailureKind<E> {
 impl<E> Failure<E> {
     fn at(path: &Path, kind: FailureKind<E>) -> Self {
         Failure {
-            path: path.clone(),
+            path: Name::from(path),
             kind,
         }
     }
@@ -165,6 +165,7 @@ fn backing_name<B: BlockIo>(
 /// backing file in it, in a loop bounded by [`LAYERS`]. Every qcow header is read and
 /// checked here, so errors name the file.
 #[allow(clippy::type_complexity)] // one array of the backing files
+#[inline(never)] // its paths (8 KiB) are off the stack before the images are opened
 fn discover<V: Volume, T: BlockIo<Error = VolError<V>>>(
     volume: &mut V,
     top: &mut T,
@@ -293,21 +294,28 @@ fn open_qcow<'p, B: BlockIo, N: Backing<IoError = B::Error>>(
     Ok(image)
 }
 
-/// Opens layer `depth` of the chain over the layer `below` it.
+/// Opens layer `depth` of the chain over the layer `below` it, into `slot`.
+///
+/// Not inlined, and writing into the caller's slot rather than returning the layer:
+/// the copies of the `Image` (9 KiB each) made on the way live in this frame, gone
+/// once the layer is open, and the caller's frame holds each layer once.
+#[inline(never)]
 fn open_layer<'p, F: BlockIo, N: Backing<IoError = F::Error>>(
+    slot: &mut Lower<'p, F, N>,
     depth: usize,
     file: LayerFile<F>,
     below: N,
     pool: &mut &'p mut [u8],
     secret: Option<&[u8]>,
     path: &Path,
-) -> Result<Lower<'p, F, N>, Failure<F::Error>> {
+) -> Result<(), Failure<F::Error>> {
     let at = |error| Failure::at(path, FailureKind::Layer { depth, error });
-    Ok(match file {
+    *slot = match file {
         LayerFile::Absent => Lower::Absent,
         LayerFile::Raw(f) => Lower::Raw(Raw::new(f).map_err(at)?),
         LayerFile::Qcow(f) => Lower::Qcow(open_qcow(f, below, pool, secret).map_err(at)?),
-    })
+    };
+    Ok(())
 }
 
 /// Opens the qcow image at `path` on `volume`, and reads it with [`digest`].
@@ -337,7 +345,22 @@ pub fn digest<V: Volume, T: BlockIo<Error = VolError<V>>>(
     secret: Option<&[u8]>,
     pool: &mut [u8],
 ) -> Result<Digest, Failure<VolError<V>>> {
-    let [f1, f2, f3, f4] = discover(volume, &mut top, path)?;
+    // Two calls, two frames, one after the other: the walk's paths (8 KiB) are
+    // off the stack before the images (45 KiB) are on it.
+    let files = discover(volume, &mut top, path)?;
+    read_chain(top, files, path, secret, pool)
+}
+
+/// Opens the layers `files` beneath the image `top`, and reads the guest disk.
+// Not inlined: see `digest`.
+#[inline(never)]
+fn read_chain<F: BlockIo, T: BlockIo<Error = F::Error>>(
+    top: T,
+    [f1, f2, f3, f4]: [LayerFile<F>; LAYERS - 1],
+    path: &Path,
+    secret: Option<&[u8]>,
+    pool: &mut [u8],
+) -> Result<Digest, Failure<F::Error>> {
     if pool.len() < READ_LEN {
         return Err(Failure::at(path, FailureKind::PoolTooSmall));
     }
@@ -345,12 +368,20 @@ pub fn digest<V: Volume, T: BlockIo<Error = VolError<V>>>(
     // Bottom-up, one line per level of LAYERS. Each layer is a local of its own and
     // the one above borrows it (`Backing` is implemented for `&mut T`), so no layer
     // is ever moved into another: the stack holds each Image once.
-    let mut l4 = open_layer(4, f4, NoBacking::new(), &mut pool, secret, path)?;
-    let mut l3 = open_layer(3, f3, &mut l4, &mut pool, secret, path)?;
-    let mut l2 = open_layer(2, f2, &mut l3, &mut pool, secret, path)?;
-    let mut l1 = open_layer(1, f1, &mut l2, &mut pool, secret, path)?;
+    let mut l4 = Lower::Absent;
+    open_layer(&mut l4, 4, f4, NoBacking::new(), &mut pool, secret, path)?;
+    let mut l3 = Lower::Absent;
+    open_layer(&mut l3, 3, f3, &mut l4, &mut pool, secret, path)?;
+    let mut l2 = Lower::Absent;
+    open_layer(&mut l2, 2, f2, &mut l3, &mut pool, secret, path)?;
+    let mut l1 = Lower::Absent;
+    open_layer(&mut l1, 1, f1, &mut l2, &mut pool, secret, path)?;
     let at = |e| Failure::at(path, FailureKind::Qcow(e));
-    let mut image = open_qcow(top, &mut l1, &mut pool, secret).map_err(at)?;
+    let mut image = open_qcow(top, &mut l1, &mut pool, secret);
+    let image = match image {
+        Ok(ref mut image) => image,
+        Err(e) => return Err(at(e)),
+    };
 
     let size = image.size();
     let mut crc = Crc32::new();

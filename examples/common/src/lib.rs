@@ -25,4 +25,4 @@ pub mod mem;
 pub mod path;
 
 pub use chain::{digest, digest_file, Digest, Failure, Volume};
-pub use path::{Path, Show};
+pub use path::{Name, Path, Show};

@@ -77,6 +77,49 @@ impl fmt::Debug for Path {
     }
 }
 
+/// Bytes of a path a [`Name`] keeps.
+const NAME_LEN: usize = 240;
+
+/// A path as messages name it, small enough to carry in an error: the whole path up
+/// to 240 bytes, else `...` and its last 240 bytes.
+#[derive(Clone)]
+pub struct Name {
+    buf: [u8; NAME_LEN],
+    len: usize,
+    cut: bool,
+}
+
+impl From<&Path> for Name {
+    fn from(path: &Path) -> Self {
+        let bytes = path.bytes();
+        let tail = bytes.get(bytes.len().saturating_sub(NAME_LEN)..).unwrap_or_default();
+        let mut name = Name {
+            buf: [0; NAME_LEN],
+            len: tail.len(),
+            cut: tail.len() < bytes.len(),
+        };
+        if let Some(dst) = name.buf.get_mut(..tail.len()) {
+            dst.copy_from_slice(tail);
+        }
+        name
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.cut {
+            f.write_str("...")?;
+        }
+        Show(self.buf.get(..self.len).unwrap_or_default()).fmt(f)
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
 /// Shows bytes (a path, a name read from a file) as text, invalid UTF-8 as U+FFFD.
 pub struct Show<'a>(pub &'a [u8]);
 
@@ -143,5 +186,29 @@ mod tests {
         let dir = Path::new(&[b'/'; PATH_MAX - 1]).unwrap();
         assert!(dir.backing(b"x").is_none());
         assert_eq!(long.c_str().to_bytes().len(), PATH_MAX - 1);
+    }
+
+    #[test]
+    fn names_keep_the_tail() {
+        use core::fmt::Write;
+        struct Buf([u8; 300], usize);
+        impl Write for Buf {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                self.0[self.1..self.1 + s.len()].copy_from_slice(s.as_bytes());
+                self.1 += s.len();
+                Ok(())
+            }
+        }
+        let mut short = Buf([0; 300], 0);
+        write!(short, "{}", Name::from(&Path::new(b"dir/a.qcow").unwrap())).unwrap();
+        assert_eq!(&short.0[..short.1], b"dir/a.qcow");
+        let mut long = [b'x'; 1000];
+        long[..3].copy_from_slice(b"abc");
+        long[990..].copy_from_slice(b"/end.qcow\xff");
+        let mut out = Buf([0; 300], 0);
+        write!(out, "{}", Name::from(&Path::new(&long).unwrap())).unwrap();
+        let text = core::str::from_utf8(&out.0[..out.1]).unwrap();
+        assert!(text.starts_with("...xxx") && text.ends_with("/end.qcow\u{fffd}"), "{text}");
+        assert_eq!(text.len(), 3 + 239 + 3);
     }
 }

@@ -31,16 +31,24 @@ pub unsafe extern "C" fn efi_main(image: Handle, st: *mut SystemTable) -> Status
     if st.is_null() {
         return Status::INVALID_PARAMETER;
     }
-    // SAFETY: `st` is the firmware's system table; this is the entry, nothing lies
-    // in the free stack yet.
-    unsafe { super::stack::paint(st) };
     SYSTEM_TABLE.store(st, Ordering::Relaxed);
+    let mut system = System { st, image };
+    // SAFETY: called once; `on_own_stack` takes a pointer to a System.
+    let status =
+        unsafe { super::stack::run_on_own_stack(on_own_stack, ptr::addr_of_mut!(system).cast()) };
+    Status::from_usize(status)
+}
+
+/// The application, on its own stack.
+extern "C" fn on_own_stack(system: *mut c_void) -> usize {
     // In .bss: costs nothing in the file, zeroed by the firmware's loader.
     static mut MEMORY: Memory = Memory::ZERO;
-    // SAFETY: `efi_main` runs once, on the only processor we use, and nothing else
-    // names MEMORY, so this is the one and only reference to it.
+    // SAFETY: `efi_main` calls this once, on the only processor we use, and nothing
+    // else names MEMORY, so this is the one and only reference to it.
     let memory = unsafe { &mut *ptr::addr_of_mut!(MEMORY) };
-    crate::app::main(&System { st, image }, memory)
+    // SAFETY: `efi_main` passes a pointer to its System, alive during the call.
+    let system = unsafe { &*system.cast::<System>() };
+    crate::app::main(system, memory).as_usize()
 }
 
 /// A panic (none is expected: the code avoids every panicking operation) is
