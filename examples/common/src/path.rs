@@ -92,7 +92,9 @@ pub struct Name {
 impl From<&Path> for Name {
     fn from(path: &Path) -> Self {
         let bytes = path.bytes();
-        let tail = bytes.get(bytes.len().saturating_sub(NAME_LEN)..).unwrap_or_default();
+        let tail = bytes
+            .get(bytes.len().saturating_sub(NAME_LEN)..)
+            .unwrap_or_default();
         let mut name = Name {
             buf: [0; NAME_LEN],
             len: tail.len(),
@@ -208,7 +210,10 @@ mod tests {
         let mut out = Buf([0; 300], 0);
         write!(out, "{}", Name::from(&Path::new(&long).unwrap())).unwrap();
         let text = core::str::from_utf8(&out.0[..out.1]).unwrap();
-        assert!(text.starts_with("...xxx") && text.ends_with("/end.qcow\u{fffd}"), "{text}");
+        assert!(
+            text.starts_with("...xxx") && text.ends_with("/end.qcow\u{fffd}"),
+            "{text}"
+        );
         assert_eq!(text.len(), 3 + 239 + 3);
     }
 }

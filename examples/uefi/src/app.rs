@@ -11,7 +11,7 @@ use qcow_example_common::{digest, digest_file, Digest, Failure, Path, Show, Volu
 use r_efi::efi::{Handle, Status};
 
 use crate::console::Console;
-use crate::disk::DiskIo;
+use crate::disk::{Bounce, DiskIo, MAX_BLOCK};
 use crate::efi::{stack, EfiError, System};
 use crate::manifest::{self, Line};
 use crate::volume::{BootVolume, FileIo};
@@ -24,12 +24,14 @@ const SECRET_LEN: usize = 4096;
 const MAX_DISKS: usize = 64;
 
 /// The application's static memory (in `.bss`): the pool the chains are read with
-/// (the read buffer and every layer's scratch buffer), the list, a password.
+/// (the read buffer and every layer's scratch buffer), the list, a password, a
+/// disk block.
 #[repr(C, align(4096))]
 pub struct Memory {
     pool: [u8; POOL_LEN],
     list: [u8; LIST_LEN],
     secret: [u8; SECRET_LEN],
+    bounce: Bounce,
 }
 
 impl Memory {
@@ -38,6 +40,7 @@ impl Memory {
         pool: [0; POOL_LEN],
         list: [0; LIST_LEN],
         secret: [0; SECRET_LEN],
+        bounce: Bounce([0; MAX_BLOCK]),
     };
 }
 
@@ -78,16 +81,21 @@ pub fn main(system: &System, memory: &mut Memory) -> Status {
     let mut out = Console::new(system);
     let _ = writeln!(out, "qcow-uefi: start");
     let mut tally = Tally::default();
-    let Memory { pool, list, secret } = memory;
+    let Memory {
+        pool,
+        list,
+        secret,
+        bounce,
+    } = memory;
     match system.boot_volume() {
         Ok(root) => {
             let mut volume = BootVolume::new(root);
             listed(&mut volume, pool, list, secret, &mut out, &mut tally);
-            disks(system, &mut volume, pool, &mut out, &mut tally);
+            disks(system, &mut volume, pool, bounce, &mut out, &mut tally);
         }
         Err(e) => {
             tally.refuse(&mut out, format_args!("cannot open the boot volume: {e}"));
-            disks(system, &mut NoVolume, pool, &mut out, &mut tally);
+            disks(system, &mut NoVolume, pool, bounce, &mut out, &mut tally);
         }
     }
     let _ = write!(
@@ -170,6 +178,7 @@ fn disks<V: Volume<File = FileIo>>(
     system: &System,
     volume: &mut V,
     pool: &mut [u8],
+    bounce: &mut Bounce,
     out: &mut Console<'_>,
     tally: &mut Tally,
 ) {
@@ -179,7 +188,8 @@ fn disks<V: Volume<File = FileIo>>(
         Err(e) => return tally.refuse(out, format_args!("cannot list the disks: {e:?}")),
     };
     for (i, &handle) in handles.iter().take(n).enumerate() {
-        let Some(mut disk) = system.block_device(handle).and_then(DiskIo::new) else {
+        let dev = system.block_device(handle);
+        let Some(mut disk) = dev.and_then(|d| DiskIo::new(d, bounce)) else {
             continue; // no medium, or blocks this does not read
         };
         if !holds_qcow(&mut disk) {

@@ -16,23 +16,25 @@ pub const MAX_BLOCK: usize = 4096;
 
 /// One block, aligned for any device this serves.
 #[repr(C, align(4096))]
-struct Bounce([u8; MAX_BLOCK]);
+pub struct Bounce(pub [u8; MAX_BLOCK]);
 
 /// A disk as a byte-addressed, read-only device.
-pub struct DiskIo {
+pub struct DiskIo<'b> {
     dev: BlockDevice,
     media_id: u32,
     block: usize,
     align: usize,
     len: u64,
-    bounce: Bounce,
+    /// Borrowed, not held: a `DiskIo` is moved into the image, and every byte of
+    /// it is copied on the way.
+    bounce: &'b mut Bounce,
 }
 
-impl DiskIo {
+impl<'b> DiskIo<'b> {
     /// The disk `dev`, as its medium is now; `None` without a medium, or for a
     /// block size (a power of two from 512 to 4096 bytes is read) or an alignment
     /// (up to 4096 bytes) this does not serve.
-    pub fn new(dev: BlockDevice) -> Option<DiskIo> {
+    pub fn new(dev: BlockDevice, bounce: &'b mut Bounce) -> Option<DiskIo<'b>> {
         let m = dev.media().filter(|m| m.present)?;
         let block = usize::try_from(m.block_size).ok()?;
         if !block.is_power_of_two() || !(512..=MAX_BLOCK).contains(&block) {
@@ -53,16 +55,16 @@ impl DiskIo {
             block,
             align,
             len,
-            bounce: Bounce([0; MAX_BLOCK]),
+            bounce,
         })
     }
 }
 
-impl ErrorType for DiskIo {
+impl ErrorType for DiskIo<'_> {
     type Error = EfiError;
 }
 
-impl BlockIo for DiskIo {
+impl BlockIo for DiskIo<'_> {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), EfiError> {
         offset
             .checked_add(buf.len() as u64)
