@@ -277,6 +277,7 @@ fn carve<'p>(pool: &mut &'p mut [u8], n: usize) -> Option<&'p mut [u8]> {
 
 /// Opens the qcow image on `io` over the layer `below` it, with a scratch buffer
 /// carved from the pool and, when it is encrypted, the secret.
+#[allow(clippy::type_complexity)] // the image, as `Image::open` returns it
 fn open_qcow<'p, B: BlockIo, N: Backing<IoError = B::Error>>(
     mut io: B,
     below: N,

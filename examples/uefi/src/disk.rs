@@ -76,7 +76,7 @@ impl BlockIo for DiskIo<'_> {
             let at = offset + done as u64;
             let (lba, skew) = (at / block, (at % block) as usize);
             let rest = buf.get_mut(done..).unwrap_or_default();
-            let aligned = (rest.as_ptr() as usize) % self.align == 0;
+            let aligned = (rest.as_ptr() as usize).is_multiple_of(self.align);
             if skew == 0 && rest.len() >= self.block && aligned {
                 let n = rest.len() - rest.len() % self.block;
                 let run = rest.get_mut(..n).unwrap_or_default();
