@@ -590,6 +590,13 @@ pub fn uefi_test(args: &[String]) -> Result<(), String> {
     require("qemu-img")?;
     require("qemu-io")?;
     let efi = build_uefi()?;
+    // Clippy holds the application's unsafe blocks to their SAFETY comments.
+    build_clean(
+        example_command(&uefi_dir())
+            .args(["clippy", "--quiet", "--release", "--target-dir"])
+            .arg(uefi_dir().join("target"))
+            .args(["--", "-D", "warnings"]),
+    )?;
     let dir = root().join("target").join("xtask").join("uefi-test");
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -18,9 +18,9 @@
 //! ```text
 //! qcow-uefi: start
 //! plain.qcow: size 8390144 crc32 2093781633
-//! qcow: hostile.qcow: L2 table at host offset 512 (guest offset 0) overlaps the header
-//! disk 3: size 8390144 crc32 2093781633
-//! qcow-uefi: 2 read, 1 refused; stack 61234 bytes
+//! qcow: truncated.qcow: data cluster at host offset 2359296 (guest offset 2347008) lies past the end of the 2361344-byte file
+//! disk 1: size 8390144 crc32 2093781633
+//! qcow-uefi: 2 read, 1 refused; stack 114712 bytes
 //! ```
 //!
 //! The reading itself is `qcow-example-common`, the code the Linux firmware example
