@@ -20,7 +20,7 @@ fn firmware_dir() -> PathBuf {
 }
 
 /// Runs a cargo build, echoing its output, and fails on any warning too.
-fn build_clean(cmd: &mut Command) -> Result<(), String> {
+pub(crate) fn build_clean(cmd: &mut Command) -> Result<(), String> {
     eprintln!("$ {}", show(cmd));
     let out = capture(cmd)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -37,8 +37,14 @@ fn build_clean(cmd: &mut Command) -> Result<(), String> {
 /// `cargo`, run in the firmware's directory (for its .cargo/config.toml) with only
 /// its own flags.
 fn firmware_command() -> Command {
+    example_command(&firmware_dir())
+}
+
+/// `cargo`, run in the directory of an example with its own workspace and
+/// .cargo/config.toml, with only the flags given there.
+pub(crate) fn example_command(dir: &Path) -> Command {
     let mut cmd = cargo();
-    cmd.current_dir(firmware_dir())
+    cmd.current_dir(dir)
         // The firmware's flags come from its .cargo/config.toml; RUSTFLAGS would
         // replace them all (and CI may set it).
         .env_remove("RUSTFLAGS")
@@ -155,7 +161,7 @@ pub fn nostd(args: &[String]) -> Result<(), String> {
 }
 
 /// Symbols that would mean an allocator, libc or a formatting printf got in.
-fn forbidden(sym: &str) -> bool {
+pub(crate) fn forbidden(sym: &str) -> bool {
     const EXACT: &[&str] = &[
         "malloc",
         "calloc",
@@ -263,39 +269,17 @@ fn check_firmware_binary(bin: &Path) -> Result<(), String> {
 // ---- firmware-test ---------------------------------------------------------------
 
 /// Virtual size of the test disk: 8 MiB and three sectors (not a whole cluster).
-const DISK: u64 = 8 * 1024 * 1024 + 3 * 512;
+pub(crate) const DISK: u64 = 8 * 1024 * 1024 + 3 * 512;
 
-/// The CRC-32 of zlib (IEEE 802.3, reflected polynomial 0xEDB88320).
-fn crc32(data: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    };
-    !data.iter().fold(!0u32, |c, &b| {
-        TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8)
-    })
-}
+/// The CRC-32 of zlib, as both freestanding examples compute it (one copy, in
+/// examples/common; its check value is asserted at compile time there).
+pub(crate) use qcow_example_common::crc32::crc32;
 
 /// xorshift64*: reproducible noise without a dependency.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
+    pub(crate) fn bytes(&mut self, n: usize) -> Vec<u8> {
         let mut v = Vec::with_capacity(n + 8);
         while v.len() < n {
             self.0 ^= self.0 >> 12;
@@ -309,7 +293,7 @@ impl Rng {
 }
 
 /// `n` bytes of text lines.
-fn text(n: usize) -> Vec<u8> {
+pub(crate) fn text(n: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(n + 80);
     let mut i = 0u32;
     while v.len() < n {
@@ -324,7 +308,7 @@ fn text(n: usize) -> Vec<u8> {
 
 /// The raw test disk: random data, text, zero runs and a byte pattern, with edges
 /// off cluster boundaries.
-fn disk(rng: &mut Rng) -> Vec<u8> {
+pub(crate) fn disk(rng: &mut Rng) -> Vec<u8> {
     let mut d = Vec::new();
     d.extend(rng.bytes(1024 * 1024 + 333));
     d.extend(text(1536 * 1024 + 77));
@@ -339,26 +323,27 @@ fn disk(rng: &mut Rng) -> Vec<u8> {
 }
 
 /// The test's scratch directory and the tools it drives.
-struct Lab {
-    dir: PathBuf,
-    firmware: PathBuf,
+pub(crate) struct Lab {
+    pub(crate) dir: PathBuf,
+    /// The program `firmware`, `agree` and `refuses` run.
+    pub(crate) firmware: PathBuf,
 }
 
 impl Lab {
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
-    fn write(&self, name: &str, data: &[u8]) -> Result<(), String> {
+    pub(crate) fn write(&self, name: &str, data: &[u8]) -> Result<(), String> {
         fs::write(self.path(name), data).map_err(|e| format!("{name}: {e}"))
     }
 
-    fn qemu_img(&self, args: &[&str]) -> Result<String, String> {
+    pub(crate) fn qemu_img(&self, args: &[&str]) -> Result<String, String> {
         stdout_of(Command::new("qemu-img").current_dir(&self.dir).args(args))
     }
 
     /// Runs qemu-io commands on a qcow image.
-    fn qemu_io(&self, image: &str, cmds: &[String]) -> Result<(), String> {
+    pub(crate) fn qemu_io(&self, image: &str, cmds: &[String]) -> Result<(), String> {
         let mut cmd = Command::new("qemu-io");
         cmd.current_dir(&self.dir).args(["-f", "qcow"]);
         for c in cmds {
@@ -369,14 +354,18 @@ impl Lab {
 
     /// A qcow image written by qcow-core (for what qemu-img cannot make), then
     /// written into by QEMU.
-    fn create(&self, name: &str, opts: &qcow_core::write::CreateOptions<'_>) -> Result<(), String> {
+    pub(crate) fn create(
+        &self,
+        name: &str,
+        opts: &qcow_core::write::CreateOptions<'_>,
+    ) -> Result<(), String> {
         let mut io = qcow_core::io::MemIo::default();
         qcow_core::write::create(&mut io, opts).map_err(|e| format!("{name}: {e:?}"))?;
         self.write(name, &io.0)
     }
 
     /// Size and CRC-32 of `image` as QEMU reads it.
-    fn expected(&self, image: &str) -> Result<(u64, u32), String> {
+    pub(crate) fn expected(&self, image: &str) -> Result<(u64, u32), String> {
         self.qemu_img(&["convert", "-O", "raw", image, "expected.raw"])?;
         let data = fs::read(self.path("expected.raw")).map_err(|e| format!("expected.raw: {e}"))?;
         Ok((data.len() as u64, crc32(&data)))
@@ -431,7 +420,7 @@ impl Lab {
 }
 
 /// Fails loudly when a QEMU tool is missing.
-fn require(tool: &str) -> Result<(), String> {
+pub(crate) fn require(tool: &str) -> Result<(), String> {
     match Command::new(tool).arg("--version").output() {
         Ok(o) if o.status.success() => Ok(()),
         _ => Err(format!(
@@ -441,25 +430,13 @@ fn require(tool: &str) -> Result<(), String> {
     }
 }
 
-/// `cargo xtask firmware-test`.
-pub fn firmware_test(args: &[String]) -> Result<(), String> {
-    no_args("firmware-test", args)?;
-    require("qemu-img")?;
-    require("qemu-io")?;
-    let firmware = build_firmware()?;
-    let dir = root().join("target").join("xtask").join("firmware-test");
-    if dir.exists() {
-        fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    for sub in ["", "chain", "deep"] {
-        fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let lab = Lab { dir, firmware };
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut report = Vec::new();
-
+/// The images both freestanding readers are tested on (firmware-test, uefi-test),
+/// made in `lab.dir` (which must have a `chain/` directory): `base.raw`, and from it
+/// by QEMU `plain.qcow`, `compressed.qcow`, `big-cluster.qcow` (64 KiB clusters),
+/// `chain/over.qcow` (over `../plain.qcow`) and `chain/top.qcow` (over that).
+pub(crate) fn shared_images(lab: &Lab, rng: &mut Rng) -> Result<(), String> {
     // The raw disk and pieces of data for qemu-io's `write -s`.
-    lab.write("base.raw", &disk(&mut rng))?;
+    lab.write("base.raw", &disk(rng))?;
     lab.write("rand-a.bin", &rng.bytes(777_777))?;
     lab.write("rand-b.bin", &rng.bytes(65_536))?;
     lab.write("rand-c.bin", &rng.bytes(70_000))?;
@@ -467,7 +444,6 @@ pub fn firmware_test(args: &[String]) -> Result<(), String> {
 
     // 1. Plain: QEMU's own writer, default geometry (4 KiB clusters, 512 L2 entries).
     lab.qemu_img(&["convert", "-O", "qcow", "base.raw", "plain.qcow"])?;
-    report.push(lab.agree("plain.qcow")?);
 
     // 2. Compressed: every non-zero cluster deflated. QEMU 10's qcow driver fails the
     //    zero-length compressed write that ends `convert -c` (exit 1, no message)
@@ -501,7 +477,6 @@ pub fn firmware_test(args: &[String]) -> Result<(), String> {
     if len("compressed.qcow") >= len("plain.qcow") {
         return Err("compressed.qcow is no smaller than plain.qcow: not compressed?".into());
     }
-    report.push(lab.agree("compressed.qcow")?);
 
     // 3. 64 KiB clusters, 8192 L2 entries: header by qcow-core (qemu-img only makes
     //    the default geometry), data by QEMU: patterns, random data at odd offsets,
@@ -532,7 +507,6 @@ pub fn firmware_test(args: &[String]) -> Result<(), String> {
             format!("write -q -P 0x99 {} 512", DISK - 512),
         ],
     )?;
-    report.push(lab.agree("big-cluster.qcow")?);
 
     // 4. An overlay whose backing file is qcow, named relative to the overlay's
     //    directory (chain/ -> ../plain.qcow), written into by QEMU: the zero write
@@ -557,7 +531,6 @@ pub fn firmware_test(args: &[String]) -> Result<(), String> {
             format!("write -q -P 0x22 {} 512", DISK - 512),
         ],
     )?;
-    report.push(lab.agree("chain/over.qcow")?);
 
     // 5. Three deep and larger than its backing file: past the backing file's end
     //    the guest reads zeros.
@@ -580,6 +553,31 @@ pub fn firmware_test(args: &[String]) -> Result<(), String> {
             "write -q -P 0x44 9M 4k".into(),
         ],
     )?;
+    Ok(())
+}
+
+/// `cargo xtask firmware-test`.
+pub fn firmware_test(args: &[String]) -> Result<(), String> {
+    no_args("firmware-test", args)?;
+    require("qemu-img")?;
+    require("qemu-io")?;
+    let firmware = build_firmware()?;
+    let dir = root().join("target").join("xtask").join("firmware-test");
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    for sub in ["", "chain", "deep"] {
+        fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let lab = Lab { dir, firmware };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut report = Vec::new();
+
+    shared_images(&lab, &mut rng)?;
+    report.push(lab.agree("plain.qcow")?);
+    report.push(lab.agree("compressed.qcow")?);
+    report.push(lab.agree("big-cluster.qcow")?);
+    report.push(lab.agree("chain/over.qcow")?);
     report.push(lab.agree("chain/top.qcow")?);
 
     // 6. A raw backing file, named by an absolute path.
@@ -728,13 +726,4 @@ pub fn firmware_footprint(args: &[String]) -> Result<(), String> {
         println!("{image:<28} {stack:>12} {hwm:>10}");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn crc32_check_value() {
-        assert_eq!(super::crc32(b"123456789"), 0xCBF4_3926);
-        assert_eq!(super::crc32(b""), 0);
-    }
 }

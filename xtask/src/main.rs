@@ -9,6 +9,7 @@
 mod bench;
 mod firmware;
 mod fuzz;
+mod uefi;
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -91,6 +92,23 @@ const TASKS: &[Task] = &[
                 firmware-test images: the figures of qcow-core/README.md",
         run: firmware::firmware_footprint,
     },
+    // ---- UEFI (examples/uefi, xtask/src/uefi.rs) ---------------------------------
+    Task {
+        name: "uefi",
+        usage: "[--password-file F] [--disk IMAGE]... IMAGE...",
+        about: "build examples/uefi, put the images (and their backing files) on a FAT \
+                volume, boot OVMF under qemu-system-x86_64 and print what the UEFI \
+                application printed: virtual size and CRC-32 of each",
+        run: uefi::uefi,
+    },
+    Task {
+        name: "uefi-test",
+        usage: "",
+        about: "boot the UEFI application on images made by QEMU (plain, compressed, \
+                64 KiB clusters, encrypted, a chain, a raw disk, hostile ones) and \
+                compare with qemu-img's raw conversion",
+        run: uefi::uefi_test,
+    },
     // ---- other tasks ---------------------------------------------------------
     Task {
         name: "help",
@@ -126,6 +144,7 @@ fn ci(args: &[String]) -> Result<(), String> {
     for name in ["nostd", "firmware-test", "fuzz-replay", "fuzz-build"] {
         run_task(name, &[])?;
     }
+    run_task("uefi-test", &[])?;
     Ok(())
 }
 
