@@ -191,6 +191,9 @@ impl Handle {
     fn read_at<'py>(&self, py: Python<'py>, offset: u64, n: u64) -> PyResult<Bound<'py, PyBytes>> {
         let disk = self.disk()?;
         let len = Self::clamp(&disk, offset, n);
+        if len == 0 {
+            return Ok(PyBytes::new(py, b""));
+        }
         let strict = self.strict;
         PyBytes::new_with(py, len, |buf| {
             py.allow_threads(|| read_into(&disk, strict, offset, buf))

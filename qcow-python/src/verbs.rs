@@ -26,9 +26,11 @@ fn check_secret(path: &Path, s: &Option<Zeroizing<Vec<u8>>>) -> PyResult<()> {
 }
 
 /// Creates an empty qcow image of `size` bytes, as `qcow create` (encrypted when a
-/// password is given; the size defaults to the backing file's).
+/// password is given; the size defaults to the backing file's). `cluster_bits`
+/// (9..=16) overrides QEMU's default cluster size.
 #[pyfunction]
-#[pyo3(signature = (path, size=None, *, backing=None, backing_format=None, password=None))]
+#[pyo3(signature = (path, size=None, *, backing=None, backing_format=None, password=None,
+    cluster_bits=None))]
 pub fn create(
     py: Python<'_>,
     path: PathBuf,
@@ -36,6 +38,7 @@ pub fn create(
     backing: Option<String>,
     backing_format: Option<&str>,
     password: Option<&Bound<'_, PyAny>>,
+    cluster_bits: Option<u8>,
 ) -> PyResult<()> {
     let bfmt = format(backing_format)?;
     let secret = secret(password)?;
@@ -59,6 +62,7 @@ pub fn create(
     let opts = CreateOptions {
         backing: backing.as_deref().map(str::as_bytes),
         encrypted: secret.is_some(),
+        cluster_bits,
         ..CreateOptions::new(size)
     };
     py.allow_threads(|| qcow_std::create::create(&path, &opts))
