@@ -96,12 +96,12 @@ def test_huge_reads(images):
 
 def test_image_claiming_an_enormous_size(tmp_path):
     p = str(tmp_path / "huge.qcow")
-    qcow.create(p, 1 << 50)
+    qcow.create(p, 1 << 40)
     with qcow.open(p) as img:
-        assert img.size == 1 << 50
+        assert img.size == 1 << 40
         assert img.read(1 << 20) == b"\0" * (1 << 20)
         with pytest.raises(ValueError):
-            img.read_at(0, 1 << 40)
+            img.read_at(0, 1 << 39)
     f = ours.open(p)
     with pytest.raises(ValueError):
         f.read_buffer()

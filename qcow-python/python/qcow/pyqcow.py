@@ -156,6 +156,8 @@ class file(object):  # noqa: N801 (pyqcow's name)
         if size > _INT_MAX:
             raise ValueError(
                 "pyqcow_file_%s: invalid argument read size value exceeds maximum." % fn)
+        if size == 0:
+            return b""
         data = h.read_at(offset, size)
         self._offset = offset + len(data)
         return data
