@@ -51,7 +51,8 @@ fn venv() -> Result<PathBuf, String> {
             "--no-deps",
             &root.join("qcow-python").display().to_string(),
         ])
-        .env("CARGO_TARGET_DIR", root.join("target")))?;
+        .env("CARGO_TARGET_DIR", root.join("target"))
+        .env("PATH", with_bin(&dir)))?;
     let pyqcow = Command::new(&py)
         .args(["-c", "import pyqcow"])
         .output()
@@ -60,6 +61,15 @@ fn venv() -> Result<PathBuf, String> {
         return Err("pyqcow is not importable: install Debian's python3-libqcow".into());
     }
     Ok(py)
+}
+
+/// `$PATH` with the environment's `bin` first (where pip's build finds maturin).
+fn with_bin(dir: &Path) -> std::ffi::OsString {
+    let mut paths = vec![dir.join("bin")];
+    paths.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(paths).unwrap_or_default()
 }
 
 /// `cargo xtask python-test`: builds and installs the package, runs its pytest tests.
