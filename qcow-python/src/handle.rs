@@ -83,9 +83,40 @@ fn backed(disk: &Disk, strict: bool, offset: u64, len: u64) -> Result<(), String
     Ok(())
 }
 
+/// Reads of at least this many bytes are split over threads (the Disk reads without a
+/// lock across I/O and inflate, so the parts run in parallel).
+const SPLIT: usize = 512 << 10;
+
 fn read_into(disk: &Disk, strict: bool, offset: u64, buf: &mut [u8]) -> PyResult<()> {
     backed(disk, strict, offset, buf.len() as u64).map_err(PyOSError::new_err)?;
-    disk.read_at(offset, buf).map_err(to_py)
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if buf.len() < SPLIT || threads < 2 {
+        return disk.read_at(offset, buf).map_err(to_py);
+    }
+    // Parts of whole 64 KiB units (a multiple of every cluster size).
+    let part = buf.len().div_ceil(threads).next_multiple_of(64 << 10);
+    let res: Vec<Result<(), qcow_std::Error>> = std::thread::scope(|s| {
+        let handles: Vec<_> = buf
+            .chunks_mut(part)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let at = offset.saturating_add((i * part) as u64);
+                s.spawn(move || disk.read_at(at, chunk))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(qcow_std::Error::io(
+                        disk.path(),
+                        std::io::Error::other("a reader thread failed"),
+                    ))
+                })
+            })
+            .collect()
+    });
+    res.into_iter().collect::<Result<(), _>>().map_err(to_py)
 }
 
 #[pymethods]
