@@ -417,6 +417,8 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     });
     let table = render(&rows, rounds);
     println!("{table}");
+    // The Python package against pyqcow on the same images (xtask/src/python.rs).
+    crate::python::bench_reads(&[p("in-plain.qcow"), p("in-comp.qcow")], rounds.max(5))?;
     if write {
         let machine = machine();
         let date = String::from_utf8_lossy(

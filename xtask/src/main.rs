@@ -9,6 +9,7 @@
 mod bench;
 mod firmware;
 mod fuzz;
+mod python;
 mod uefi;
 
 use std::env;
@@ -62,6 +63,20 @@ const TASKS: &[Task] = &[
         about: "qcow and qemu-img side by side on a 256 MiB mixed input: medians, \
                 ratios, peak memory (--write: benches/RESULTS.md and results.svg)",
         run: bench::bench,
+    },
+    Task {
+        name: "python-test",
+        usage: "",
+        about: "build and pip-install qcow-python into a venv of Debian's python3 \
+                (--system-site-packages: pyqcow beside it) and run its pytest tests",
+        run: python::python_test,
+    },
+    Task {
+        name: "python-bench",
+        usage: "[--rounds N]",
+        about: "whole-image reads in 1 MiB chunks, qcow's Python package and pyqcow \
+                alternately, on the bench images (also run at the end of `bench`)",
+        run: python::python_bench,
     },
     // ---- no_std and firmware (examples/firmware, xtask/src/firmware.rs) ---------
     Task {
@@ -141,7 +156,13 @@ fn ci(args: &[String]) -> Result<(), String> {
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     run(cargo().args(["test", "--workspace"]))?;
-    for name in ["nostd", "firmware-test", "fuzz-replay", "fuzz-build"] {
+    for name in [
+        "nostd",
+        "firmware-test",
+        "fuzz-replay",
+        "fuzz-build",
+        "python-test",
+    ] {
         run_task(name, &[])?;
     }
     run_task("uefi-test", &[])?;

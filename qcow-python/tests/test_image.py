@@ -1,0 +1,175 @@
+"""qcow.open, create, convert, check against qemu-img."""
+
+import io
+import os
+import shutil
+import threading
+
+import pytest
+
+import qcow
+from conftest import KINDS, PASSWORD, as_raw, qemu_img, qemu_json
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_open_equals_qemu_img_convert(images, kind):
+    path, pw, data = images[kind]
+    with qcow.open(path, password=pw) as img:
+        assert isinstance(img, io.RawIOBase)
+        assert img.size == len(data)
+        assert img.read() == data
+        assert img.read(10) == b""
+        img.seek(-1000, 2)
+        assert img.read(5000) == data[-1000:]
+        assert img.read_at(len(data) - 3, 100) == data[-3:]
+        assert img.read_at(len(data) + 5, 100) == b""
+        buf = bytearray(77777)
+        img.seek(4242)
+        assert img.readinto(buf) == len(buf)
+        assert bytes(buf) == data[4242:4242 + len(buf)]
+
+
+def test_chain_equals_qemu_img(chain):
+    paths, expect = chain
+    for p in paths:
+        with qcow.open(p) as img:
+            assert img.readall() == expect[p]
+
+
+def test_buffered_reader(images):
+    path, _, data = images["compressed"]
+    with io.BufferedReader(qcow.open(path), buffer_size=1 << 20) as b:
+        out = []
+        while True:
+            chunk = b.read(100003)
+            if not chunk:
+                break
+            out.append(chunk)
+        assert b"".join(out) == data
+        b.seek(10)
+        assert b.peek(1)[:1] == data[10:11]
+
+
+def test_four_threads_agree_with_one(images):
+    path, _, data = images["compressed"]
+    with qcow.open(path) as img:
+        single = [img.read_at(off, 65536) for off in range(0, img.size, 65536)]
+        results = [None] * 4
+
+        def work(i):
+            offs = list(range(0, img.size, 65536))
+            k = i * len(offs) // 4
+            order = offs[k:] + offs[:k]  # each thread starts elsewhere
+            got = {off: img.read_at(off, 65536) for off in order}
+            results[i] = [got[off] for off in range(0, img.size, 65536)]
+
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        for r in results:
+            assert r == single
+        assert b"".join(single) == data
+
+
+def test_info_and_map_as_qemu_img(images, chain):
+    for p in [images["plain"][0], images["c65536"][0], chain[0][0]]:
+        with qcow.open(p) as img:
+            info = img.info()
+            ref = qemu_json("info", "--output=json", p)
+            for k in ("virtual-size", "cluster-size", "format", "encrypted",
+                      "backing-filename", "dirty-flag"):
+                if k in ref:
+                    assert info.get(k) == ref[k], (p, k)
+            ref_map = qemu_json("map", "--output=json", p)
+            got = img.map()
+            assert [(e["start"], e["length"], e["data"], e["zero"]) for e in got] == \
+                [(e["start"], e["length"], e["data"], e["zero"]) for e in ref_map]
+
+
+def test_write_then_qemu_reads_it(images, tmp_path):
+    src, _, data = images["plain"]
+    p = str(tmp_path / "w.qcow")
+    shutil.copy(src, p)
+    with qcow.open(p, "r+b") as img:
+        assert img.writable()
+        assert img.write_at(1000, b"hello") == 5
+        img.seek(2 << 20)
+        assert img.write(b"\xee" * 70000) == 70000
+    want = bytearray(data)
+    want[1000:1005] = b"hello"
+    want[2 << 20:(2 << 20) + 70000] = b"\xee" * 70000
+    assert as_raw(p, str(tmp_path)) == bytes(want)
+    with qcow.open(p) as img:
+        assert not img.writable()
+        with pytest.raises(io.UnsupportedOperation):
+            img.write(b"x")
+
+
+def test_create_convert_check(images, tmp_path):
+    p = str(tmp_path / "new.qcow")
+    qcow.create(p, 5 << 20)
+    ref = qemu_json("info", "--output=json", p)
+    assert ref["format"] == "qcow" and ref["virtual-size"] == 5 << 20
+    ov = str(tmp_path / "ov.qcow")
+    qcow.create(ov, None, backing="new.qcow", backing_format="qcow")
+    assert qemu_json("info", "--output=json", ov)["backing-filename"] == "new.qcow"
+    src, _, data = images["plain"]
+    calls = []
+    out = str(tmp_path / "out.qcow")
+    qcow.convert(src, out, output_format="qcow", compress=True,
+                 progress=lambda d, t: calls.append((d, t)))
+    assert calls and calls[-1][0] == calls[-1][1] == len(data)
+    assert as_raw(out, str(tmp_path)) == data
+    enc = str(tmp_path / "enc.qcow")
+    qcow.convert(src, enc, output_format="qcow", target_password=PASSWORD)
+    assert as_raw(enc, str(tmp_path), PASSWORD) == data
+    rep = qcow.check(out)
+    assert rep["corruptions"] == 0 and rep["leaks"] == 0 and rep["format"] == "qcow"
+    assert qcow.check(out, repair="leaks")["leaks-fixed"] == 0
+    raw = str(tmp_path / "out.raw")
+    qcow.convert(enc, raw, password=PASSWORD)
+    with open(raw, "rb") as f:
+        assert f.read() == data
+
+
+def test_errors(images, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        qcow.open(str(tmp_path / "missing.qcow"))
+    with pytest.raises(qcow.Error):
+        qcow.open(images["encrypted"][0])
+    with pytest.raises(ValueError):
+        qcow.open(images["plain"][0], "w")
+    bad = tmp_path / "bad.qcow"
+    bad.write_bytes(b"QFI\xfb\0\0\0\x01" + b"\xff" * 100)
+    with pytest.raises(qcow.Error) as e:
+        qcow.open(str(bad))
+    assert isinstance(e.value, OSError) and "bad.qcow" in str(e.value)
+    q2 = str(tmp_path / "x.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", q2, "1M")
+    with pytest.raises(qcow.Error):
+        qcow.open(q2)
+    with pytest.raises(qcow.Error):
+        qcow.check(q2)
+    with pytest.raises(ValueError):
+        qcow.check(images["plain"][0], repair="bogus")
+
+
+def test_closed_image(images):
+    img = qcow.open(images["plain"][0])
+    img.close()
+    img.close()
+    assert img.closed
+    for op, args in [("read", (1,)), ("read_at", (0, 1)), ("seek", (0,)), ("tell", ()),
+                     ("info", ()), ("map", ()), ("readinto", (bytearray(4),))]:
+        with pytest.raises(ValueError):
+            getattr(img, op)(*args)
+
+
+def test_docs():
+    assert "qcow.Image" in qcow.open.__doc__
+    assert "threads" in qcow.Image.read_at.__doc__
+    here = os.path.dirname(qcow.__file__)
+    assert os.path.exists(os.path.join(here, "py.typed"))
+    assert os.path.exists(os.path.join(here, "__init__.pyi"))
