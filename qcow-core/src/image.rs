@@ -63,7 +63,7 @@ pub trait Backing {
     /// Guest size of the layer; reads past it give zeros.
     fn size(&self) -> u64;
     /// Reads guest bytes; the part of `buf` past [`Backing::size`] is zero-filled.
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error<Self::IoError>>;
+    fn read_layer(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error<Self::IoError>>;
     /// How the range from `offset`, at most `max` bytes, is stored.
     fn status(&mut self, offset: u64, max: u64) -> Result<Status, Error<Self::IoError>>;
 }
@@ -76,8 +76,8 @@ impl<T: Backing + ?Sized> Backing for &mut T {
     fn size(&self) -> u64 {
         (**self).size()
     }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error<Self::IoError>> {
-        (**self).read_at(offset, buf)
+    fn read_layer(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error<Self::IoError>> {
+        (**self).read_layer(offset, buf)
     }
     fn status(&mut self, offset: u64, max: u64) -> Result<Status, Error<Self::IoError>> {
         (**self).status(offset, max)
@@ -93,8 +93,8 @@ impl<T: Backing + ?Sized> Backing for alloc::boxed::Box<T> {
     fn size(&self) -> u64 {
         (**self).size()
     }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error<Self::IoError>> {
-        (**self).read_at(offset, buf)
+    fn read_layer(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error<Self::IoError>> {
+        (**self).read_layer(offset, buf)
     }
     fn status(&mut self, offset: u64, max: u64) -> Result<Status, Error<Self::IoError>> {
         (**self).status(offset, max)
@@ -126,7 +126,7 @@ impl<E> Backing for NoBacking<E> {
     fn size(&self) -> u64 {
         0
     }
-    fn read_at(&mut self, _: u64, buf: &mut [u8]) -> Result<(), Error<E>> {
+    fn read_layer(&mut self, _: u64, buf: &mut [u8]) -> Result<(), Error<E>> {
         buf.fill(0);
         Ok(())
     }
@@ -187,7 +187,7 @@ impl<B: BlockIo> Backing for Raw<B> {
     fn size(&self) -> u64 {
         self.size
     }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error<B::Error>> {
+    fn read_layer(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error<B::Error>> {
         let (inside, past) = split_at_size(offset, buf, self.len);
         if !inside.is_empty() {
             self.io.read_at(offset, inside)?;
@@ -600,7 +600,7 @@ where
                 .max(1);
             let piece = buf.get_mut(pos..pos.saturating_add(n)).unwrap_or_default();
             match c {
-                Cluster::Unallocated => self.backing.read_at(guest, piece)?,
+                Cluster::Unallocated => self.backing.read_layer(guest, piece)?,
                 Cluster::Plain { host } => self.read_plain(guest, host, piece)?,
                 Cluster::Compressed { host, len } => {
                     self.inflate_into_scratch(guest, host, len)?;
@@ -632,7 +632,7 @@ where
     fn size(&self) -> u64 {
         self.geo.size
     }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error<B::Error>> {
+    fn read_layer(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error<B::Error>> {
         let (inside, past) = split_at_size(offset, buf, self.geo.size);
         if !inside.is_empty() {
             Image::read_at(self, offset, inside)?;

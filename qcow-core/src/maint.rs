@@ -1196,8 +1196,8 @@ where
                     old.get_mut(..n).unwrap_or_default(),
                     new.get_mut(..n).unwrap_or_default(),
                 );
-                image.backing.read_at(g, o)?;
-                new_backing.read_at(g, w)?;
+                image.backing.read_layer(g, o)?;
+                new_backing.read_layer(g, w)?;
                 if o != w {
                     image.write_at(g, o)?;
                     copied = copied.saturating_add(1);

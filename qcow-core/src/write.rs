@@ -234,7 +234,7 @@ where
         let (inside, past) = buf.split_at_mut(visible);
         past.fill(0);
         match self.lookup(start)? {
-            Cluster::Unallocated => self.backing.read_at(start, inside),
+            Cluster::Unallocated => self.backing.read_layer(start, inside),
             _ => self.read_at(start, inside),
         }
     }

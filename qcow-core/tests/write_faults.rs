@@ -174,8 +174,8 @@ impl qcow_core::Backing for BackingAdapter {
     fn size(&self) -> u64 {
         self.0.size()
     }
-    fn read_at(&mut self, o: u64, b: &mut [u8]) -> Result<(), qcow_core::Error<ErrorKind>> {
-        self.0.read_at(o, b)
+    fn read_layer(&mut self, o: u64, b: &mut [u8]) -> Result<(), qcow_core::Error<ErrorKind>> {
+        self.0.read_layer(o, b)
     }
     fn status(&mut self, o: u64, m: u64) -> Result<qcow_core::Status, qcow_core::Error<ErrorKind>> {
         self.0.status(o, m)

@@ -366,7 +366,7 @@ impl Backing for Below {
     fn size(&self) -> u64 {
         self.0.as_ref().map_or(0, |l| l.size())
     }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), CoreError> {
+    fn read_layer(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), CoreError> {
         match &self.0 {
             Some(l) => l.read(offset, buf).map_err(through_core),
             None => {

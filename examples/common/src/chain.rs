@@ -246,14 +246,14 @@ impl<F: BlockIo, N: Backing<IoError = F::Error>> Backing for Lower<'_, F, N> {
             Lower::Qcow(i) => i.size(),
         }
     }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error<F::Error>> {
+    fn read_layer(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error<F::Error>> {
         match self {
             Lower::Absent => {
                 buf.fill(0);
                 Ok(())
             }
-            Lower::Raw(r) => r.read_at(offset, buf),
-            Lower::Qcow(i) => Backing::read_at(i, offset, buf),
+            Lower::Raw(r) => r.read_layer(offset, buf),
+            Lower::Qcow(i) => i.read_layer(offset, buf),
         }
     }
     fn status(&mut self, offset: u64, max: u64) -> Result<Status, Error<F::Error>> {
