@@ -231,7 +231,7 @@ impl Layer {
         // host ≡ guest (mod 512): clusters are 512-aligned. Decrypt whole sectors.
         let skew = guest % 512;
         let end = skew.saturating_add(buf.len() as u64);
-        if skew == 0 && end % 512 == 0 {
+        if skew == 0 && end.is_multiple_of(512) {
             self.storage
                 .read_exact_at(buf, host)
                 .map_err(|e| self.io_err(e))?;

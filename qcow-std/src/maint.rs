@@ -179,7 +179,7 @@ impl Maintenance {
             ),
             _ => None,
         };
-        let cut = new.div_ceil(512) * 512 % h.geometry().cluster_size() != 0;
+        let cut = !(new.div_ceil(512) * 512).is_multiple_of(h.geometry().cluster_size());
         if h.is_encrypted() && new < current && cut && cipher.is_none() {
             return Err(Error::EncryptedShrinkNeedsKey {
                 path: self.path.clone(),
