@@ -194,6 +194,28 @@ pub enum Verb {
         /// Length.
         length: String,
     },
+    /// Mount the guest disk and its partitions as files (FUSE).
+    Mount {
+        /// Allow writes.
+        #[arg(long)]
+        rw: bool,
+        /// Format (probed when absent).
+        #[arg(short = 'f')]
+        format: Option<Format>,
+        /// Secret of encrypted images.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// FUSE mount options (e.g. allow_other).
+        #[arg(short = 'o')]
+        options: Vec<String>,
+        /// Serve in this process instead of returning once mounted.
+        #[arg(long)]
+        foreground: bool,
+        /// Image file.
+        file: PathBuf,
+        /// Existing directory to mount on.
+        mountpoint: PathBuf,
+    },
     /// Write stdin's bytes at guest OFFSET.
     Write {
         /// Compress whole clusters where possible.

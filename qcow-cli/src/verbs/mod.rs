@@ -7,6 +7,7 @@ pub mod convert;
 pub mod create;
 pub mod info;
 pub mod map;
+pub mod mount;
 pub mod read;
 pub mod rebase;
 pub mod resize;
@@ -138,6 +139,23 @@ pub fn run(verb: Verb, out: &mut dyn Write) -> VerbResult {
             password_file.as_deref(),
             out,
         ),
+        Verb::Mount {
+            rw,
+            format,
+            password_file,
+            options,
+            foreground,
+            file,
+            mountpoint,
+        } => mount::run(&mount::Args {
+            rw,
+            format,
+            password_file,
+            options,
+            foreground,
+            file,
+            mountpoint,
+        }),
         Verb::Write {
             compress,
             password_file,
