@@ -516,7 +516,9 @@ fn mount_rows(rounds: usize, qcow: &str, dir: &Path) -> Result<Vec<Row>, String>
     // One dd of FILE (inside the mount made by `mount`, when given), the mount undone.
     let dd = |mount: Option<Vec<String>>, file: &str| -> Result<Sample, String> {
         if let Some(argv) = &mount {
-            run(Command::new(&argv[0]).args(&argv[1..]).stdout(std::process::Stdio::null()))?;
+            run(Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdout(std::process::Stdio::null()))?;
         }
         let r = measure(
             &s(&["dd", &format!("if={file}"), "of=/dev/null", "bs=1M"]),
@@ -529,16 +531,32 @@ fn mount_rows(rounds: usize, qcow: &str, dir: &Path) -> Result<Vec<Row>, String>
     };
     let mut rows = Vec::new();
     for (name, img) in [
-        ("mount: dd bs=1M of disk, plain (peer: qcowmount)", "in-plain.qcow"),
-        ("mount: dd bs=1M of disk, compressed (peer: qcowmount)", "in-comp.qcow"),
+        (
+            "mount: dd bs=1M of disk, plain (peer: qcowmount)",
+            "in-plain.qcow",
+        ),
+        (
+            "mount: dd bs=1M of disk, compressed (peer: qcowmount)",
+            "in-comp.qcow",
+        ),
     ] {
         let img = dir.join(img).display().to_string();
         let (mut q, mut o) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
-            q.push(dd(Some(s(&["qcowmount", &img, &m])), &format!("{m}/qcow1"))?);
-            o.push(dd(Some(s(&[qcow, "mount", &img, &m])), &format!("{m}/disk"))?);
+            q.push(dd(
+                Some(s(&["qcowmount", &img, &m])),
+                &format!("{m}/qcow1"),
+            )?);
+            o.push(dd(
+                Some(s(&[qcow, "mount", &img, &m])),
+                &format!("{m}/disk"),
+            )?);
         }
-        let target = if img.ends_with("comp.qcow") { "≥ 2" } else { "≥ 1.5" };
+        let target = if img.ends_with("comp.qcow") {
+            "≥ 2"
+        } else {
+            "≥ 1.5"
+        };
         rows.push(row(name, target, &q, &o, "ratio = qcowmount / qcow".into()));
     }
     let raw = dir.join("mixed.raw").display().to_string();
