@@ -563,3 +563,22 @@ pub fn check(data: &[u8]) {
 fn inp_peek(inp: &Input<'_>) -> u8 {
     inp.0.first().copied().unwrap_or(0)
 }
+
+/// `qcow_mount::parts::parse` on arbitrary bytes as a whole disk: every partition it
+/// reports lies inside the disk, after sector 0, and overlaps no other; numbers are
+/// unique.
+pub fn partitions(data: &[u8]) {
+    let t = qcow_mount::parts::parse(data);
+    let size = data.len() as u64;
+    let mut seen: Vec<(u64, u64)> = Vec::new();
+    let mut numbers = std::collections::BTreeSet::new();
+    for p in &t.parts {
+        let end = p.start.checked_add(p.len).expect("end fits");
+        assert!(p.start >= 512 && p.len > 0 && end <= size, "{p:?} outside {size}");
+        assert!(numbers.insert(p.number), "number {} twice", p.number);
+        for &(s, e) in &seen {
+            assert!(end <= s || p.start >= e, "{p:?} overlaps {s}..{e}");
+        }
+        seen.push((p.start, end));
+    }
+}

@@ -46,6 +46,8 @@ pub enum Verb {
     Rebase(verbs::rebase::Args),
     /// Write guest bytes [OFFSET, OFFSET+LENGTH) to stdout.
     Read(verbs::read::Args),
+    /// Mount the guest disk and its partitions as files (FUSE).
+    Mount(verbs::mount::Args),
     /// Write stdin's bytes at guest OFFSET.
     Write(verbs::write::Args),
 }

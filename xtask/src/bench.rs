@@ -415,6 +415,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         ours_kib: reads.iter().map(|x| x.kib).max().unwrap_or(0),
         note: "random offsets, half in the data".into(),
     });
+    rows.extend(mount_rows(rounds, &qcow, &dir)?);
     let table = render(&rows, rounds);
     println!("{table}");
     // The Python package against pyqcow on the same images (xtask/src/python.rs).
@@ -520,4 +521,90 @@ fn svg(rows: &[Row]) -> String {
     let _ = writeln!(o, "<line x1=\"{one:.1}\" y1=\"32\" x2=\"{one:.1}\" y2=\"{}\" stroke=\"#c33\" stroke-dasharray=\"4\"/><text x=\"{:.1}\" y=\"{}\" fill=\"#c33\">1× (qemu-img)</text>", h - 10.0, one + 4.0, h - 4.0);
     o.push_str("</svg>\n");
     o
+}
+
+/// Issue 15: `dd bs=1M` of `qcow mount`'s `disk` against libqcow's `qcowmount` on the
+/// same plain and compressed images, each on a fresh mount (no page cache carried over),
+/// alternately; and what the FUSE transport costs: `dd` of a raw file through
+/// `qcow mount -f raw` against `dd` of the file itself.
+fn mount_rows(rounds: usize, qcow: &str, dir: &Path) -> Result<Vec<Row>, String> {
+    for tool in ["qcowmount", "fusermount3", "dd"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
+            return Err(format!("{tool} not found: install libqcow-utils and fuse3"));
+        }
+    }
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+    let m = mnt.display().to_string();
+    let unmount = || {
+        let _ = Command::new("fusermount3").args(["-u", &m]).status();
+    };
+    unmount();
+    // One dd of FILE (inside the mount made by `mount`, when given), the mount undone.
+    let dd = |mount: Option<Vec<String>>, file: &str| -> Result<Sample, String> {
+        if let Some(argv) = &mount {
+            run(Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdout(std::process::Stdio::null()))?;
+        }
+        let r = measure(
+            &s(&["dd", &format!("if={file}"), "of=/dev/null", "bs=1M"]),
+            true,
+        );
+        if mount.is_some() {
+            unmount();
+        }
+        r
+    };
+    let mut rows = Vec::new();
+    for (name, img) in [
+        (
+            "mount: dd bs=1M of disk, plain (peer: qcowmount)",
+            "in-plain.qcow",
+        ),
+        (
+            "mount: dd bs=1M of disk, compressed (peer: qcowmount)",
+            "in-comp.qcow",
+        ),
+    ] {
+        let img = dir.join(img).display().to_string();
+        let (mut q, mut o) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            q.push(dd(
+                Some(s(&["qcowmount", &img, &m])),
+                &format!("{m}/qcow1"),
+            )?);
+            o.push(dd(
+                Some(s(&[qcow, "mount", &img, &m])),
+                &format!("{m}/disk"),
+            )?);
+        }
+        let target = if img.ends_with("comp.qcow") {
+            "≥ 2"
+        } else {
+            "≥ 1.5"
+        };
+        rows.push(row(name, target, &q, &o, "ratio = qcowmount / qcow".into()));
+    }
+    let raw = dir.join("mixed.raw").display().to_string();
+    let (mut q, mut o) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        q.push(dd(None, &raw)?);
+        o.push(dd(
+            Some(s(&[qcow, "mount", "-f", "raw", &raw, &m])),
+            &format!("{m}/disk"),
+        )?);
+    }
+    rows.push(row(
+        "FUSE transport: dd of a raw file, direct vs through qcow mount -f raw",
+        "–",
+        &q,
+        &o,
+        "ratio = direct / mounted: what FUSE itself costs".into(),
+    ));
+    Ok(rows)
 }

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod create;
 pub mod info;
 pub mod map;
+pub mod mount;
 pub mod read;
 pub mod rebase;
 pub mod resize;
@@ -30,6 +31,7 @@ pub fn run(verb: Verb, out: &mut dyn Write) -> VerbResult {
         Verb::Resize(a) => resize::run(a, out),
         Verb::Rebase(a) => rebase::run(a, out),
         Verb::Read(a) => read::run(a, out),
+        Verb::Mount(a) => mount::run(a),
         Verb::Write(a) => write::run(a, &mut std::io::stdin().lock(), write::stdin_len()),
     }
 }
