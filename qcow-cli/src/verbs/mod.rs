@@ -7,6 +7,7 @@ pub mod convert;
 pub mod create;
 pub mod info;
 pub mod map;
+pub mod nbd;
 pub mod read;
 pub mod rebase;
 pub mod resize;
@@ -153,5 +154,34 @@ pub fn run(verb: Verb, out: &mut dyn Write) -> VerbResult {
             &mut std::io::stdin().lock(),
             write::stdin_len(),
         ),
+        Verb::Nbd {
+            read_only,
+            format,
+            socket,
+            port,
+            bind,
+            name,
+            description,
+            persistent,
+            shared,
+            fork,
+            pid_file,
+            password_file,
+            file,
+        } => nbd::run(&nbd::Args {
+            read_only,
+            format,
+            socket,
+            port,
+            bind,
+            name,
+            description,
+            persistent,
+            shared,
+            fork,
+            pid_file,
+            password_file,
+            file,
+        }),
     }
 }
