@@ -35,6 +35,9 @@ pub struct Export {
     pub name: String,
     /// Free text shown by `nbdinfo`.
     pub description: String,
+    /// Whether to advertise `CAN_MULTI_CONN` (true unless the server accepts only
+    /// one client: clients like nbdcopy then open several connections).
+    pub multi_conn: bool,
     gate: RwLock<()>,
     stopped: AtomicBool,
 }
@@ -46,6 +49,7 @@ impl Export {
             disk,
             name: name.into(),
             description: description.into(),
+            multi_conn: true,
             gate: RwLock::new(()),
             stopped: AtomicBool::new(false),
         }
@@ -58,12 +62,11 @@ impl Export {
 
     /// The transmission flags.
     pub fn flags(&self) -> u16 {
-        let mut f = tflag::HAS_FLAGS
-            | tflag::SEND_FLUSH
-            | tflag::SEND_DF
-            | tflag::SEND_CACHE
+        let mut f = tflag::HAS_FLAGS | tflag::SEND_FLUSH | tflag::SEND_DF | tflag::SEND_CACHE;
+        if self.multi_conn {
             // One Disk serves every connection: what one writes, all see.
-            | tflag::CAN_MULTI_CONN;
+            f |= tflag::CAN_MULTI_CONN;
+        }
         if self.read_only() {
             f |= tflag::READ_ONLY;
         } else {

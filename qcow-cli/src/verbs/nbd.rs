@@ -67,7 +67,9 @@ pub fn run(a: &Args) -> VerbResult {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .map_err(|e| err(p, format!("cannot write the pid file: {e}")))?;
     }
-    let export = Arc::new(Export::new(disk, a.name.clone(), a.description.clone()));
+    let mut export = Export::new(disk, a.name.clone(), a.description.clone());
+    export.multi_conn = a.shared > 1;
+    let export = Arc::new(export);
     let socket = match &listener {
         Listener::Unix(_, p) => p.clone(),
         Listener::Tcp(_) => None,
