@@ -181,7 +181,12 @@ fn libnbd_tools_match_qemu_nbd() {
     let d = tmp();
     let top = chain(d.path());
     let q = Server::start("qcow", d.path(), "q", &[&"-r", &top]);
-    let r = Server::start("qemu-nbd", d.path(), "r", &[&"-r", &"-A", &"-f", &"qcow", &top]);
+    let r = Server::start(
+        "qemu-nbd",
+        d.path(),
+        "r",
+        &[&"-r", &"-A", &"-f", &"qcow", &top],
+    );
     let info = tool_ok("nbdinfo", &[&"--json", &q.uri()]);
     for want in [
         "\"is_read_only\": true",
@@ -305,8 +310,7 @@ fn writes_through_the_export() {
         // nbdcopy into the export, too: 1 MiB of pattern at 20 MiB.
         let src = d.path().join("src.raw");
         write(&src, &vec![0x99u8; 1 << 20]);
-        let into = format!("{uri}");
-        let o = tool("nbdcopy", &[&src, &into]);
+        let o = tool("nbdcopy", &[&src, &uri]);
         assert_eq!(o.code, 0, "nbdcopy into the export: {}", o.stderr);
     }
     let mut a = args.clone();
