@@ -13,6 +13,7 @@ const TARGETS: &[(&str, Harness)] = &[
     ("inflate", qcow_fuzz::inflate),
     ("write", qcow_fuzz::write),
     ("check", qcow_fuzz::check),
+    ("nbd", qcow_fuzz::nbd),
 ];
 
 fn inputs(dir: &Path, seeds_only: bool) -> Vec<std::path::PathBuf> {
