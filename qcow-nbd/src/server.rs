@@ -446,3 +446,62 @@ fn read_requests<R: Read, W: Write>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn export() -> Export {
+        let storage = qcow_std::ReadWriteSeek::new(io::Cursor::new(vec![0u8; 1 << 16]));
+        let disk = Disk::options()
+            .writable(true)
+            .format(Some(qcow_std::Format::Raw))
+            .open_storage(Arc::new(storage), "t.raw")
+            .unwrap();
+        disk.write_at(0, &[7u8; 4096]).unwrap();
+        Export::new(disk, "", "test")
+    }
+
+    fn opt(o: u32, d: &[u8]) -> Vec<u8> {
+        let mut v = b"IHAVEOPT".to_vec();
+        v.extend_from_slice(&o.to_be_bytes());
+        v.extend_from_slice(&(d.len() as u32).to_be_bytes());
+        v.extend_from_slice(d);
+        v
+    }
+
+    #[test]
+    fn structured_read_over_a_byte_stream() {
+        let e = export();
+        let mut input = 3u32.to_be_bytes().to_vec();
+        input.extend(opt(opt::STRUCTURED_REPLY, &[]));
+        input.extend(opt(opt::GO, &[0, 0, 0, 0, 0, 0]));
+        let r = Request {
+            flags: 0,
+            kind: cmd::READ,
+            handle: 5,
+            offset: 0,
+            len: 1024,
+        };
+        input.extend(proto::encode_request(&r));
+        let mut out = Vec::new();
+        serve(io::Cursor::new(input), &mut out, &e).unwrap();
+        assert_eq!(&out[..16], b"NBDMAGICIHAVEOPT");
+        let mut at = 18;
+        // STRUCTURED_REPLY's ACK, GO's INFO_EXPORT and ACK.
+        for want in [rep::ACK, rep::INFO, rep::ACK] {
+            let kind = u32::from_be_bytes(out[at + 12..at + 16].try_into().unwrap());
+            let len = u32::from_be_bytes(out[at + 16..at + 20].try_into().unwrap());
+            assert_eq!(kind, want);
+            at += 20 + len as usize;
+        }
+        let c = &out[at..];
+        assert_eq!(&c[..4], &proto::STRUCTURED_REPLY_MAGIC.to_be_bytes());
+        assert_eq!(u16::from_be_bytes([c[4], c[5]]), proto::chunk::FLAG_DONE);
+        assert_eq!(u16::from_be_bytes([c[6], c[7]]), proto::chunk::OFFSET_DATA);
+        assert_eq!(u64::from_be_bytes(c[8..16].try_into().unwrap()), 5);
+        assert_eq!(&c[20..28], &0u64.to_be_bytes());
+        assert_eq!(&c[28..], &[7u8; 1024][..]);
+    }
+}
