@@ -581,4 +581,23 @@ pub fn partitions(data: &[u8]) {
         }
         seen.push((p.start, end));
     }
+/// The NBD server (`qcow-nbd`): the input is everything a client sends, from its
+/// flags through options and requests, served from a 1 MiB writable raw disk in
+/// memory; also every parser of `qcow_nbd::proto` on the raw input. Panics only on a
+/// bug: the server must answer or disconnect, never panic.
+pub fn nbd(data: &[u8]) {
+    use qcow_nbd::proto;
+    let _ = proto::parse_client_flags(data);
+    let _ = proto::parse_option_header(data);
+    let _ = proto::parse_info_request(data);
+    let _ = proto::parse_meta_request(data);
+    let _ = proto::parse_request(data);
+    let storage = qcow_std::ReadWriteSeek::new(std::io::Cursor::new(vec![0u8; 1 << 20]));
+    let disk = qcow_std::Disk::options()
+        .writable(true)
+        .format(Some(qcow_std::Format::Raw))
+        .open_storage(std::sync::Arc::new(storage), "fuzz.raw")
+        .expect("an in-memory raw disk opens");
+    let export = qcow_nbd::Export::new(disk, "", "fuzz");
+    let _ = qcow_nbd::serve(std::io::Cursor::new(data), std::io::sink(), &export);
 }

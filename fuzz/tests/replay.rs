@@ -14,6 +14,7 @@ const TARGETS: &[(&str, Harness)] = &[
     ("write", qcow_fuzz::write),
     ("check", qcow_fuzz::check),
     ("partitions", qcow_fuzz::partitions),
+    ("nbd", qcow_fuzz::nbd),
 ];
 
 fn inputs(dir: &Path, seeds_only: bool) -> Vec<std::path::PathBuf> {

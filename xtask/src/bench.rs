@@ -416,6 +416,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         note: "random offsets, half in the data".into(),
     });
     rows.extend(mount_rows(rounds, &qcow, &dir)?);
+    rows.extend(nbd_rows(&qcow, &dir, rounds)?);
     let table = render(&rows, rounds);
     println!("{table}");
     // The Python package against pyqcow on the same images (xtask/src/python.rs).
@@ -606,5 +607,109 @@ fn mount_rows(rounds: usize, qcow: &str, dir: &Path) -> Result<Vec<Row>, String>
         &o,
         "ratio = direct / mounted: what FUSE itself costs".into(),
     ));
+    Ok(rows)
+}
+
+/// A server started with `--fork` on a unix socket in `dir`, stopped with SIGTERM when
+/// dropped.
+struct NbdServer {
+    pid: String,
+    uri: String,
+}
+
+impl NbdServer {
+    fn start(
+        prog: &str,
+        pre: &[&str],
+        dir: &Path,
+        tag: &str,
+        args: &[&str],
+    ) -> Result<Self, String> {
+        let sock = dir.join(format!("{tag}.sock")).display().to_string();
+        let pid_file = dir.join(format!("{tag}.pid"));
+        let pidf = pid_file.display().to_string();
+        let _ = std::fs::remove_file(&pid_file);
+        run(Command::new(prog)
+            .args(pre)
+            .args(["--fork", "-t", "-r", "-k", &sock, "--pid-file", &pidf])
+            .args(args))?;
+        let pid = std::fs::read_to_string(&pid_file)
+            .map_err(|e| format!("{prog} wrote no pid file: {e}"))?
+            .trim()
+            .to_string();
+        Ok(NbdServer {
+            pid,
+            uri: format!("nbd+unix:///?socket={sock}"),
+        })
+    }
+}
+
+impl Drop for NbdServer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.pid]).status();
+    }
+}
+
+/// `nbdcopy URI null:` of the plain and compressed images out of `qcow nbd` and out of
+/// `qemu-nbd -r -f qcow`, and of the plain image against `qemu-nbd` exporting the raw
+/// input, alternately.
+fn nbd_rows(qcow: &str, dir: &Path, rounds: usize) -> Result<Vec<Row>, String> {
+    for tool in ["nbdcopy", "qemu-nbd"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            return Err(format!(
+                "{tool} not found: install libnbd-bin and qemu-utils"
+            ));
+        }
+    }
+    let ps = |n: &str| -> String { dir.join(n).display().to_string() };
+    let copy = |uri: &str| s(&["nbdcopy", uri, "null:"]);
+    let mut rows = Vec::new();
+    let cases: [(&'static str, &'static str, &str, &str); 3] = [
+        (
+            "nbdcopy out of qcow nbd (plain)",
+            "≥ 8",
+            "in-plain.qcow",
+            "qcow",
+        ),
+        (
+            "nbdcopy out of qcow nbd (compressed)",
+            "≥ 8",
+            "in-comp.qcow",
+            "qcow",
+        ),
+        (
+            "nbdcopy plain: qemu-nbd raw file / qcow nbd",
+            "≥ 0.67",
+            "in-plain.qcow",
+            "raw",
+        ),
+    ];
+    for (i, (name, target, img, peer_fmt)) in cases.into_iter().enumerate() {
+        let peer_file = if peer_fmt == "raw" {
+            ps("mixed.raw")
+        } else {
+            ps(img)
+        };
+        let peer = NbdServer::start(
+            "qemu-nbd",
+            &[],
+            dir,
+            &format!("peer{i}"),
+            &["-f", peer_fmt, &peer_file],
+        )?;
+        let ours = NbdServer::start(qcow, &["nbd"], dir, &format!("ours{i}"), &[&ps(img)])?;
+        let (mut q, mut o) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            q.push(measure(&copy(&peer.uri), true)?);
+            o.push(measure(&copy(&ours.uri), true)?);
+        }
+        rows.push(row(
+            name,
+            target,
+            &q,
+            &o,
+            "server not counted in memory".into(),
+        ));
+    }
     Ok(rows)
 }

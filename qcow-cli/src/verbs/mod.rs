@@ -8,6 +8,7 @@ pub mod create;
 pub mod info;
 pub mod map;
 pub mod mount;
+pub mod nbd;
 pub mod read;
 pub mod rebase;
 pub mod resize;
@@ -32,6 +33,7 @@ pub fn run(verb: Verb, out: &mut dyn Write) -> VerbResult {
         Verb::Rebase(a) => rebase::run(a, out),
         Verb::Read(a) => read::run(a, out),
         Verb::Mount(a) => mount::run(a),
+        Verb::Nbd(a) => nbd::run(a),
         Verb::Write(a) => write::run(a, &mut std::io::stdin().lock(), write::stdin_len()),
     }
 }
