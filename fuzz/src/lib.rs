@@ -581,6 +581,8 @@ pub fn partitions(data: &[u8]) {
         }
         seen.push((p.start, end));
     }
+}
+
 /// The NBD server (`qcow-nbd`): the input is everything a client sends, from its
 /// flags through options and requests, served from a 1 MiB writable raw disk in
 /// memory; also every parser of `qcow_nbd::proto` on the raw input. Panics only on a
