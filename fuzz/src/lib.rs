@@ -574,7 +574,10 @@ pub fn partitions(data: &[u8]) {
     let mut numbers = std::collections::BTreeSet::new();
     for p in &t.parts {
         let end = p.start.checked_add(p.len).expect("end fits");
-        assert!(p.start >= 512 && p.len > 0 && end <= size, "{p:?} outside {size}");
+        assert!(
+            p.start >= 512 && p.len > 0 && end <= size,
+            "{p:?} outside {size}"
+        );
         assert!(numbers.insert(p.number), "number {} twice", p.number);
         for &(s, e) in &seen {
             assert!(end <= s || p.start >= e, "{p:?} overlaps {s}..{e}");
