@@ -373,12 +373,10 @@ pub fn write(data: &[u8]) {
     };
     let secret: Option<&[u8]> = encrypted.then_some(b"fuzz");
     let mut io = MemIo::default();
-    let opts = CreateOptions {
-        encrypted,
-        cluster_bits: Some(cluster_bits),
-        l2_bits: Some(l2_bits),
-        ..CreateOptions::new(size)
-    };
+    let opts = CreateOptions::new(size)
+        .encrypted(encrypted)
+        .cluster_bits(Some(cluster_bits))
+        .l2_bits(Some(l2_bits));
     let h = create(&mut io, &opts).expect("create");
     let g = h.geometry();
     let base = pattern(base_len, 0x3c);

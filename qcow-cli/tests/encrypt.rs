@@ -572,12 +572,10 @@ fn encrypted_writes_at_other_geometries() {
         {
             let f = std::fs::File::create(&img).expect("create");
             let mut io = qcow_std::file::FileIo::new(f);
-            let opts = qcow_core::write::CreateOptions {
-                encrypted: true,
-                cluster_bits: Some(cb),
-                l2_bits: Some(l2),
-                ..qcow_core::write::CreateOptions::new(size)
-            };
+            let opts = qcow_core::write::CreateOptions::new(size)
+                .encrypted(true)
+                .cluster_bits(Some(cb))
+                .l2_bits(Some(l2));
             qcow_core::write::create(&mut io, &opts).expect("create");
         }
         let mut model = vec![0u8; size as usize];

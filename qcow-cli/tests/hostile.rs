@@ -197,10 +197,7 @@ fn every_verb_on_every_hostile_image() {
 /// Writes an overlay of `base` naming `backing`.
 fn overlay(path: &Path, backing: &str) {
     let mut io = qcow_core::io::MemIo::default();
-    let opts = qcow_core::write::CreateOptions {
-        backing: Some(backing.as_bytes()),
-        ..qcow_core::write::CreateOptions::new(1 << 20)
-    };
+    let opts = qcow_core::write::CreateOptions::new(1 << 20).backing(Some(backing.as_bytes()));
     qcow_core::write::create(&mut io, &opts).unwrap();
     std::fs::write(path, io.0).unwrap();
 }

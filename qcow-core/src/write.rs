@@ -28,8 +28,10 @@ fn round_up(v: u64, align: u64) -> Option<u64> {
     Some(v.checked_add(mask)? & !mask)
 }
 
-/// What [`create`] makes.
+/// What [`create`] makes: `CreateOptions::new(size)` with QEMU's defaults, then the
+/// setters (fields can be read; new ones may come, so they are not built literally).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CreateOptions<'a> {
     /// Virtual size in bytes (rounded up to 512, as QEMU does).
     pub size: u64,
@@ -43,7 +45,7 @@ pub struct CreateOptions<'a> {
     pub l2_bits: Option<u8>,
 }
 
-impl CreateOptions<'_> {
+impl<'a> CreateOptions<'a> {
     /// An image of `size` bytes with QEMU's defaults.
     pub fn new(size: u64) -> Self {
         CreateOptions {
@@ -53,6 +55,26 @@ impl CreateOptions<'_> {
             cluster_bits: None,
             l2_bits: None,
         }
+    }
+    /// The backing file name to store (`None`: none).
+    pub fn backing(mut self, name: Option<&'a [u8]>) -> Self {
+        self.backing = name;
+        self
+    }
+    /// Whether the image is AES encrypted.
+    pub fn encrypted(mut self, on: bool) -> Self {
+        self.encrypted = on;
+        self
+    }
+    /// log2 of the cluster size (`None`: QEMU's default).
+    pub fn cluster_bits(mut self, bits: Option<u8>) -> Self {
+        self.cluster_bits = bits;
+        self
+    }
+    /// log2 of the entries per L2 table (`None`: QEMU's default).
+    pub fn l2_bits(mut self, bits: Option<u8>) -> Self {
+        self.l2_bits = bits;
+        self
     }
 }
 

@@ -112,12 +112,10 @@ fn apply(model: &mut [u8], op: &Op) {
 
 fn fresh(backing: bool) -> MemIo {
     let mut io = MemIo::default();
-    let opts = CreateOptions {
-        backing: backing.then_some(&b"base.raw"[..]),
-        cluster_bits: Some(12),
-        l2_bits: Some(6),
-        ..CreateOptions::new(SIZE)
-    };
+    let opts = CreateOptions::new(SIZE)
+        .backing(backing.then_some(&b"base.raw"[..]))
+        .cluster_bits(Some(12))
+        .l2_bits(Some(6));
     create(&mut io, &opts).unwrap();
     io
 }

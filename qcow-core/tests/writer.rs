@@ -22,12 +22,10 @@ fn roundtrip(cluster_bits: u8, l2_bits: u8, secret: Option<&[u8]>) {
     let cs = 1usize << cluster_bits;
     let clusters = (5u64 << l2_bits) + 3; // several L2 tables and a partial one
     let size = (clusters - 1) * cs as u64 + 512; // the last cluster is partial
-    let opts = CreateOptions {
-        cluster_bits: Some(cluster_bits),
-        l2_bits: Some(l2_bits),
-        encrypted: secret.is_some(),
-        ..CreateOptions::new(size)
-    };
+    let opts = CreateOptions::new(size)
+        .cluster_bits(Some(cluster_bits))
+        .l2_bits(Some(l2_bits))
+        .encrypted(secret.is_some());
     let mut w = Writer::create(MemIo::default(), &opts, secret).unwrap();
     let mut d = Deflater::default();
     let mut model = vec![0u8; size as usize];

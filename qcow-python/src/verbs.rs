@@ -59,12 +59,10 @@ pub fn create(
         Some(s) => s,
         None => return Err(PyValueError::new_err("create needs a size")),
     };
-    let opts = CreateOptions {
-        backing: backing.as_deref().map(str::as_bytes),
-        encrypted: secret.is_some(),
-        cluster_bits,
-        ..CreateOptions::new(size)
-    };
+    let opts = CreateOptions::new(size)
+        .backing(backing.as_deref().map(str::as_bytes))
+        .encrypted(secret.is_some())
+        .cluster_bits(cluster_bits);
     py.allow_threads(|| qcow_std::create::create(&path, &opts))
         .map_err(to_py)
 }

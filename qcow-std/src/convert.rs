@@ -132,11 +132,9 @@ pub fn convert(src: &Disk, dst: &Path, opts: ConvertOptions<'_>) -> Result<(), E
 
 /// The layout of a qcow output of `size` bytes.
 fn create_options<'a>(opts: &'a ConvertOptions<'_>, size: u64) -> CreateOptions<'a> {
-    CreateOptions {
-        backing: opts.backing.as_ref().map(|(n, _)| n.as_bytes()),
-        encrypted: opts.encrypt.is_some(),
-        ..CreateOptions::new(size)
-    }
+    CreateOptions::new(size)
+        .backing(opts.backing.as_ref().map(|(n, _)| n.as_bytes()))
+        .encrypted(opts.encrypt.is_some())
 }
 
 /// [`convert`] into `file`, the new image at `dst`.

@@ -483,11 +483,9 @@ pub(crate) fn shared_images(lab: &Lab, rng: &mut Rng) -> Result<(), String> {
     //    compressed clusters (compressible and not), zero writes, the last sector.
     lab.create(
         "big-cluster.qcow",
-        &qcow_core::write::CreateOptions {
-            cluster_bits: Some(16),
-            l2_bits: Some(13),
-            ..qcow_core::write::CreateOptions::new(DISK)
-        },
+        &qcow_core::write::CreateOptions::new(DISK)
+            .cluster_bits(Some(16))
+            .l2_bits(Some(13)),
     )?;
     let info = lab.qemu_img(&["info", "big-cluster.qcow"])?;
     if !info.contains("cluster_size: 65536") {
@@ -635,10 +633,8 @@ pub fn firmware_test(args: &[String]) -> Result<(), String> {
     // Refusals: exit 1, `qcow: <message>` on stderr, no panic.
     report.push(lab.refuses("deep/d5.qcow", "backing chain deeper than 5")?);
     report.push(lab.refuses("base.raw", "not a qcow image")?);
-    let with_backing = |name: &'static [u8]| qcow_core::write::CreateOptions {
-        backing: Some(name),
-        ..qcow_core::write::CreateOptions::new(1024 * 1024)
-    };
+    let with_backing =
+        |name: &'static [u8]| qcow_core::write::CreateOptions::new(1024 * 1024).backing(Some(name));
     lab.create("loop.qcow", &with_backing(b"loop.qcow"))?;
     report.push(lab.refuses("loop.qcow", "backing chain deeper than")?);
     lab.create("orphan.qcow", &with_backing(b"no-such-file.qcow"))?;

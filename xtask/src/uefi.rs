@@ -654,10 +654,7 @@ pub fn uefi_test(args: &[String]) -> Result<(), String> {
     lab.write("truncated.qcow", &plain[..plain.len() / 2])?;
     lab.create(
         "loop.qcow",
-        &qcow_core::write::CreateOptions {
-            backing: Some(b"loop.qcow"),
-            ..qcow_core::write::CreateOptions::new(DISK)
-        },
+        &qcow_core::write::CreateOptions::new(DISK).backing(Some(b"loop.qcow")),
     )?;
 
     // Everything in one boot: the listed images (the password applies to the

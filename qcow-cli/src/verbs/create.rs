@@ -76,11 +76,9 @@ pub fn run(a: &Args, out: &mut dyn Write) -> VerbResult {
             .map_err(|_| err(file, "secret is not valid UTF-8 (or holds a NUL byte)"))?;
         eprintln!("{WEAK_CIPHER}");
     }
-    let opts = CreateOptions {
-        backing: backing.map(str::as_bytes),
-        encrypted: encrypt,
-        ..CreateOptions::new(size)
-    };
+    let opts = CreateOptions::new(size)
+        .backing(backing.map(str::as_bytes))
+        .encrypted(encrypt);
     // Refused options touch nothing; a failure after the file was made removes it.
     qcow_std::create::create(file, &opts)?;
     let mut line = format!(

@@ -330,12 +330,10 @@ pub fn lib_create(
         .open(p)
         .expect("create image file");
     let mut io = FileIo::new(f);
-    let opts = CreateOptions {
-        backing: backing.map(str::as_bytes),
-        cluster_bits,
-        l2_bits,
-        ..CreateOptions::new(size)
-    };
+    let opts = CreateOptions::new(size)
+        .backing(backing.map(str::as_bytes))
+        .cluster_bits(cluster_bits)
+        .l2_bits(l2_bits);
     create(&mut io, &opts).expect("create image");
 }
 

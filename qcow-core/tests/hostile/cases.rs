@@ -87,13 +87,11 @@ pub fn base(cluster_bits: u8, l2_bits: u8, size: u64, backing: bool) -> Base {
 /// QEMU does not compress encrypted images, and `comp` is `(0, 0)`).
 pub fn base_with(cluster_bits: u8, l2_bits: u8, size: u64, backing: bool, encrypted: bool) -> Base {
     let mut io = MemIo::default();
-    let opts = CreateOptions {
-        cluster_bits: Some(cluster_bits),
-        l2_bits: Some(l2_bits),
-        backing: backing.then_some(BACKING_NAME),
-        encrypted,
-        ..CreateOptions::new(size)
-    };
+    let opts = CreateOptions::new(size)
+        .cluster_bits(Some(cluster_bits))
+        .l2_bits(Some(l2_bits))
+        .backing(backing.then_some(BACKING_NAME))
+        .encrypted(encrypted);
     let h = create(&mut io, &opts).unwrap();
     let geo = h.geometry();
     let cs = geo.cluster_len();
