@@ -212,6 +212,34 @@ pub fn l1_entries(size: u64, cluster_bits: u8, l2_bits: u8) -> Option<u64> {
     Some(n)
 }
 
+/// The per-cluster pieces of a guest range ([`Geometry::pieces`]).
+#[derive(Debug, Clone)]
+pub struct Pieces {
+    cluster: usize,
+    offset: u64,
+    len: usize,
+    pos: usize,
+}
+
+impl Iterator for Pieces {
+    type Item = (u64, usize, core::ops::Range<usize>);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.len {
+            return None;
+        }
+        let guest = self.offset.saturating_add(self.pos as u64);
+        let mask = (self.cluster as u64).saturating_sub(1);
+        let in_cl = usize::try_from(guest & mask).unwrap_or(0);
+        let n = self
+            .cluster
+            .saturating_sub(in_cl)
+            .min(self.len.saturating_sub(self.pos));
+        let range = self.pos..self.pos.saturating_add(n);
+        self.pos = range.end;
+        Some((guest, in_cl, range))
+    }
+}
+
 /// Sizes derived from a validated header. All are small powers of two (cluster ≤ 64 KiB,
 /// L2 table ≤ 64 KiB), so the shifts below cannot overflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,6 +291,16 @@ impl Geometry {
     /// Offset of a guest byte inside its cluster.
     pub fn in_cluster(&self, guest: u64) -> u64 {
         guest & (self.cluster_size() - 1)
+    }
+    /// The pieces of a guest range `[offset, offset + len)` that fall in one cluster
+    /// each, in order: `(guest offset, offset inside its cluster, range of the request)`.
+    pub fn pieces(&self, offset: u64, len: usize) -> Pieces {
+        Pieces {
+            cluster: self.cluster_len(),
+            offset,
+            len,
+            pos: 0,
+        }
     }
     /// The largest host offset a compressed L2 entry can hold, plus one.
     pub fn compressed_offset_limit(&self) -> u64 {

@@ -84,23 +84,6 @@ impl<T: Backing + ?Sized> Backing for &mut T {
     }
 }
 
-#[cfg(feature = "alloc")]
-impl<T: Backing + ?Sized> Backing for alloc::boxed::Box<T> {
-    type IoError = T::IoError;
-    fn is_present(&self) -> bool {
-        (**self).is_present()
-    }
-    fn size(&self) -> u64 {
-        (**self).size()
-    }
-    fn read_layer(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error<Self::IoError>> {
-        (**self).read_layer(offset, buf)
-    }
-    fn status(&mut self, offset: u64, max: u64) -> Result<Status, Error<Self::IoError>> {
-        (**self).status(offset, max)
-    }
-}
-
 /// No backing layer: unallocated clusters read as zeros.
 #[derive(Debug)]
 pub struct NoBacking<E>(PhantomData<fn() -> E>);
@@ -505,8 +488,8 @@ where
         Ok((first, len))
     }
 
-    fn check_range(&self, offset: u64, len: usize) -> Result<(), Error<B::Error>> {
-        let len = len as u64;
+    /// Fails unless `[offset, offset + len)` lies inside the virtual size.
+    pub(crate) fn check_range(&self, offset: u64, len: u64) -> Result<(), Error<B::Error>> {
         match offset.checked_add(len) {
             Some(end) if end <= self.geo.size => Ok(()),
             _ => Err(Error::OutOfRange {
@@ -588,7 +571,7 @@ where
     /// Reads guest bytes `[offset, offset + buf.len())`, which must lie inside the
     /// virtual size.
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error<B::Error>> {
-        self.check_range(offset, buf.len())?;
+        self.check_range(offset, buf.len() as u64)?;
         let mut pos = 0usize;
         while pos < buf.len() {
             let guest = offset.saturating_add(pos as u64);

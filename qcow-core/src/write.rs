@@ -263,14 +263,7 @@ where
 
     /// Writes `data` at guest `offset`; the range must lie inside the virtual size.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error<B::Error>> {
-        let len = data.len() as u64;
-        if offset.checked_add(len).is_none_or(|e| e > self.geo.size) {
-            return Err(Error::OutOfRange {
-                offset,
-                len,
-                size: self.geo.size,
-            });
-        }
+        self.check_range(offset, data.len() as u64)?;
         if self.header.is_encrypted() && self.cipher.is_none() {
             return Err(Error::PasswordRequired);
         }
@@ -280,12 +273,10 @@ where
         let mut batch: Vec<u8> = Vec::new();
         let mut links: Vec<(u64, L2Entry)> = Vec::new();
         let mut batch_host = self.cluster_aligned_end()?;
-        let mut pos = 0usize;
-        while pos < data.len() {
-            let guest = offset.saturating_add(pos as u64);
-            let in_cl = usize::try_from(self.geo.in_cluster(guest)).unwrap_or(0);
-            let n = cs.saturating_sub(in_cl).min(data.len().saturating_sub(pos));
-            let piece = data.get(pos..pos.saturating_add(n)).unwrap_or_default();
+        let geo = self.geo;
+        for (guest, in_cl, range) in geo.pieces(offset, data.len()) {
+            let last = range.end >= data.len();
+            let piece = data.get(range).unwrap_or_default();
             match self.lookup(guest)? {
                 Cluster::Plain { host } => {
                     self.overwrite_plain(guest, host.saturating_add(in_cl as u64), piece)?
@@ -308,8 +299,7 @@ where
                     links.push((guest, L2Entry::plain(host)));
                 }
             }
-            pos = pos.saturating_add(n);
-            if batch.len() >= WRITE_BUFFER || pos >= data.len() {
+            if batch.len() >= WRITE_BUFFER || last {
                 if !links.is_empty() {
                     self.append(batch_host, &batch)?;
                     self.barrier()?;
@@ -445,23 +435,10 @@ where
     /// place), or the image is encrypted (QEMU would store compressed data
     /// unencrypted).
     pub fn write_compressed(&mut self, offset: u64, data: &[u8]) -> Result<(), Error<B::Error>> {
-        let len = data.len() as u64;
-        if offset.checked_add(len).is_none_or(|e| e > self.geo.size) {
-            return Err(Error::OutOfRange {
-                offset,
-                len,
-                size: self.geo.size,
-            });
-        }
-        let cs = self.geo.cluster_len();
-        let mut pos = 0usize;
-        while pos < data.len() {
-            let guest = offset.saturating_add(pos as u64);
-            let in_cl = usize::try_from(self.geo.in_cluster(guest)).unwrap_or(0);
-            let n = cs.saturating_sub(in_cl).min(data.len().saturating_sub(pos));
-            let piece = data.get(pos..pos.saturating_add(n)).unwrap_or_default();
-            self.write_compressed_cluster(guest, piece)?;
-            pos = pos.saturating_add(n);
+        self.check_range(offset, data.len() as u64)?;
+        let geo = self.geo;
+        for (guest, _, range) in geo.pieces(offset, data.len()) {
+            self.write_compressed_cluster(guest, data.get(range).unwrap_or_default())?;
         }
         Ok(())
     }

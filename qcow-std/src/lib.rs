@@ -38,7 +38,7 @@ pub use disk::{Disk, LayerInfo};
 pub use error::Error;
 pub use open::{probe, DiskOptions, Format};
 pub use qcow_core;
-pub use storage::{ReadSeek, ReadWriteSeek, Storage};
+pub use storage::{ReadSeek, ReadWriteSeek, Storage, StorageIo};
 
 /// The README's Rust examples, compiled by `cargo test --doc`.
 #[cfg(doctest)]

@@ -281,14 +281,10 @@ fn open_backing(overlay: &Path, path: &Path) -> Result<Arc<dyn Storage>, Error> 
 /// signature is [`Error::ForeignFormat`] (see [`mod@crate::probe`]).
 pub fn probe(path: &Path) -> Result<Format, Error> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut io = StorageIo {
-        storage: Arc::new(f),
-        sync: false,
-    };
-    probe_io(&mut io, path)
+    probe_io(&mut crate::file::FileIo::new(f), path)
 }
 
-fn probe_io(io: &mut StorageIo, path: &Path) -> Result<Format, Error> {
+fn probe_io<S: Storage + ?Sized>(io: &mut StorageIo<S>, path: &Path) -> Result<Format, Error> {
     match crate::probe::probe_io(io).map_err(|e| Error::io(path, e))? {
         Detected::Qcow => Ok(Format::Qcow),
         Detected::Raw => Ok(Format::Raw),

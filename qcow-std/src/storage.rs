@@ -156,19 +156,36 @@ impl<R: Read + Write + Seek + Send> Storage for ReadWriteSeek<R> {
     }
 }
 
-/// Shared storage as the core's [`BlockIo`].
-#[derive(Debug, Clone)]
-pub(crate) struct StorageIo {
-    pub(crate) storage: Arc<dyn Storage>,
+/// Storage as the core's [`BlockIo`]: any [`Storage`] behind an `Arc` (a layer's,
+/// shared with readers), or a file of its own ([`crate::file::FileIo`]).
+#[derive(Debug)]
+pub struct StorageIo<S: Storage + ?Sized = dyn Storage> {
+    pub(crate) storage: Arc<S>,
     /// Whether `flush` syncs (off for fresh outputs, synced once at the end).
     pub(crate) sync: bool,
 }
 
-impl embedded_io::ErrorType for StorageIo {
+impl<S: Storage + ?Sized> Clone for StorageIo<S> {
+    fn clone(&self) -> Self {
+        StorageIo {
+            storage: self.storage.clone(),
+            sync: self.sync,
+        }
+    }
+}
+
+impl<S: Storage + ?Sized> StorageIo<S> {
+    /// Sets whether `flush` syncs to disk (on by default).
+    pub fn set_sync(&mut self, sync: bool) {
+        self.sync = sync;
+    }
+}
+
+impl<S: Storage + ?Sized> embedded_io::ErrorType for StorageIo<S> {
     type Error = io::Error;
 }
 
-impl BlockIo for StorageIo {
+impl<S: Storage + ?Sized> BlockIo for StorageIo<S> {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.storage.read_exact_at(buf, offset)
     }
