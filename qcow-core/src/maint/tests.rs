@@ -1076,3 +1076,39 @@ fn compaction_plans_around_a_name_in_the_l1_padding() {
     assert_eq!(content(&io), model);
     assert!(r.after.file_len < len, "{:?}", r.actions);
 }
+
+/// A table sharing bytes with another is not walked: its references are unknown, so
+/// the file must not be cut below them (`-r leaks` on a corrupt image truncates only
+/// a leaked tail). Found by the repair property of `fuzz/tests`.
+#[test]
+fn repair_keeps_what_a_table_not_walked_references() {
+    // 4 KiB clusters, 1 KiB tables: data at 4096, table 0 at 8192, data at 12288,
+    // table 1 at 16384; the file ends with it at 17408.
+    let (mut io, mut model) = written(
+        new_image(2 << 20, 12, 7, None),
+        &[
+            (0, pattern(1, 4096), false),
+            (512 << 10, pattern(2, 4096), false),
+        ],
+    );
+    assert_eq!((get(&mut io, 56), io.0.len()), (16384, 17408));
+    // L1[2] -> 16896, half inside table 1; its entry 64 (past table 1) -> a cluster
+    // appended at 20480, which no walked table references.
+    let d = pattern(3, 4096);
+    io.write_at(20480, &d).unwrap();
+    put(&mut io, 16896 + 8 * 64, 20480);
+    put(&mut io, 48 + 16, 16896);
+    let guest = (1 << 20) + 64 * 4096;
+    model.resize(2 << 20, 0);
+    model[guest..guest + 4096].copy_from_slice(&d);
+    assert_eq!(content(&io), model);
+    let before = check(&mut io).unwrap();
+    assert_eq!(before.image_end_offset, 24576, "{before:?}");
+    let mut leaks = io.clone();
+    let r = repair(&mut leaks, RepairMode::Leaks).unwrap();
+    assert!(r.actions.is_empty(), "{:?}", r.actions);
+    assert_eq!(content(&leaks), model);
+    let r = repair(&mut io, RepairMode::All).unwrap();
+    assert!(r.after.is_clean(), "{:?}\n{:?}", r.after, r.actions);
+    assert_eq!(content(&io), model);
+}
