@@ -43,6 +43,13 @@ const TASKS: &[Task] = &[
         run: fuzz::fuzz,
     },
     Task {
+        name: "fuzz-ci",
+        usage: "[SECONDS]",
+        about: "every cargo-fuzz target in turn for SECONDS each (default 60), from the \
+                committed seeds and regressions only; fails on any crash (CI runs it)",
+        run: fuzz::fuzz_ci,
+    },
+    Task {
         name: "fuzz-build",
         usage: "",
         about: "build every fuzz target (cargo +nightly fuzz build), so none rots",
@@ -123,7 +130,13 @@ fn ci(args: &[String]) -> Result<(), String> {
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     run(cargo().args(["test", "--workspace"]))?;
-    for name in ["nostd", "firmware-test", "fuzz-replay", "fuzz-build"] {
+    for name in [
+        "nostd",
+        "firmware-test",
+        "fuzz-replay",
+        "fuzz-build",
+        "fuzz-ci",
+    ] {
         run_task(name, &[])?;
     }
     Ok(())
