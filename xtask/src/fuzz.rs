@@ -47,9 +47,18 @@ fn targets() -> Result<Vec<String>, String> {
     Ok(v)
 }
 
-/// `cargo xtask fuzz [TARGET] [SECONDS]`: one target, or all in turn, one process at a
-/// time (the machine is shared), with libFuzzer's memory limit.
+/// `cargo xtask fuzz [TARGET] [SECONDS] [-- FLAGS]`: one target, or all in turn, one
+/// process at a time (the machine is shared), with libFuzzer's memory limit; FLAGS go
+/// to libFuzzer after ours (a later flag wins: `-- -timeout=60` on a loaded machine,
+/// where a starved process can spend 10 s of wall time on one input).
 pub fn fuzz(args: &[String]) -> Result<(), String> {
+    let (args, extra) = match args.iter().position(|a| a == "--") {
+        Some(i) => (
+            args.get(..i).unwrap_or_default(),
+            args.get(i + 1..).unwrap_or_default(),
+        ),
+        None => (args, &[][..]),
+    };
     ensure_cargo_fuzz()?;
     let all = targets()?;
     let (chosen, seconds) = match args {
@@ -63,7 +72,7 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
             s.parse()
                 .map_err(|_| format!("SECONDS must be a number (got '{s}')"))?,
         ),
-        _ => return Err("usage: cargo xtask fuzz [TARGET] [SECONDS]".into()),
+        _ => return Err("usage: cargo xtask fuzz [TARGET] [SECONDS] [-- FLAGS]".into()),
     };
     for t in &chosen {
         if !all.contains(t) {
@@ -77,28 +86,35 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
         eprintln!("==> fuzz {t} for {seconds} s");
         run(nightly()
             .args(["fuzz", "run", t, "--"])
-            .args(libfuzzer_flags(seconds)))?;
+            .args(libfuzzer_flags(seconds, 10))
+            .args(extra))?;
     }
     Ok(())
 }
 
-/// libFuzzer's flags for a run of `seconds`: its memory limit, a 10 s limit per input
-/// (a slower one is a hang, and fails the run), the statistics at the end.
-fn libfuzzer_flags(seconds: u64) -> [String; 4] {
+/// libFuzzer's flags for a run of `seconds`: its memory limit, a limit of `timeout`
+/// seconds of wall time per input (a slower one is a hang, and fails the run), the
+/// statistics at the end.
+fn libfuzzer_flags(seconds: u64, timeout: u64) -> [String; 4] {
     [
         format!("-max_total_time={seconds}"),
         "-rss_limit_mb=2048".into(),
-        "-timeout=10".into(),
+        format!("-timeout={timeout}"),
         "-print_final_stats=1".into(),
     ]
 }
+
+/// `fuzz-ci`'s limit per input, in seconds of wall time. Inputs take well under a
+/// second; the margin keeps a slow or busy CI machine from failing on timing alone,
+/// while a real hang still fails.
+const CI_TIMEOUT: u64 = 60;
 
 /// `cargo xtask fuzz-ci [SECONDS]`: every target in turn, one process at a time, for
 /// SECONDS (default 60) each, from the committed inputs only (the `seed-*` files of
 /// `corpus/TARGET` and the `regressions/TARGET` files, copied to a fresh directory
 /// under `fuzz/target`, so what earlier runs left in `corpus/` plays no part). Fails
-/// on the first crash, leak, hang or out-of-memory (libFuzzer writes the input to
-/// `fuzz/artifacts/TARGET/`).
+/// on the first crash, leak, hang (an input running 60 s) or out-of-memory (libFuzzer
+/// writes the input to `fuzz/artifacts/TARGET/`).
 pub fn fuzz_ci(args: &[String]) -> Result<(), String> {
     let seconds = match args {
         [] => CI_SECONDS,
@@ -123,7 +139,7 @@ pub fn fuzz_ci(args: &[String]) -> Result<(), String> {
             .args(["fuzz", "run", &t])
             .arg(&dir)
             .arg("--")
-            .args(libfuzzer_flags(seconds)))?;
+            .args(libfuzzer_flags(seconds, CI_TIMEOUT)))?;
     }
     Ok(())
 }

@@ -37,9 +37,10 @@ const TASKS: &[Task] = &[
     // ---- fuzz / bench tasks go here --------------------------------------------
     Task {
         name: "fuzz",
-        usage: "[TARGET] [SECONDS]",
+        usage: "[TARGET] [SECONDS] [-- FLAGS]",
         about: "run one cargo-fuzz target of fuzz/ (all in turn when none is named) for \
-                SECONDS each (default 300), on nightly; installs cargo-fuzz if missing",
+                SECONDS each (default 300), on nightly, FLAGS passed to libFuzzer; \
+                installs cargo-fuzz if missing",
         run: fuzz::fuzz,
     },
     Task {
