@@ -259,7 +259,8 @@ pub struct Report {
     pub leaked_bytes: u64,
     /// The end of the last referenced byte (the L1 table counted with its padding to
     /// 512 bytes), at most the file's length: where the file could end. Equal to the
-    /// file's length when its tail does not leak.
+    /// file's length when its tail does not leak, or when an L2 table sharing bytes
+    /// with another one was not walked (its references are unknown).
     pub image_end_offset: u64,
     /// Guest clusters in the virtual size.
     pub total_clusters: u64,
@@ -741,7 +742,12 @@ pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Er
     if covered < file_len {
         leak(&mut report, covered, file_len, cs, file_len)?;
     }
-    report.image_end_offset = covered;
+    // A sound table not walked (it shares bytes with another table) holds references
+    // unknown here, that may reach anywhere in the file: it could not end earlier.
+    let unwalked = exts
+        .iter()
+        .any(|x| x.kind == ExtKind::L2Table && x.flags & (BAD | WALKED) == 0);
+    report.image_end_offset = if unwalked { file_len } else { covered };
     report.corruptions = corruptions;
     Ok(Scan {
         header,

@@ -18,6 +18,14 @@
 //! extents after the first hole are packed down in order; an extent that would
 //! overlap its own old place goes through a temporary copy past the end of the file.
 //! The result checks without leaks.
+//!
+//! Every move is planned against one picture of the file (every extent, the header,
+//! backing name and L1 table with its padding included) and checked there first: a
+//! destination never shares a byte with a live extent or with the old place of a move
+//! not switched yet, a move to where the extent is is no move, and the number of
+//! moves is bounded by the number of extents. A move the picture refuses stops the
+//! compaction, leaving a consistent image with leaks. The file is truncated last, to
+//! where a fresh scan of it sees the last extent end.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -31,6 +39,9 @@ use crate::error::Error;
 use crate::header::{Geometry, Header, HEADER_SIZE, MAX_BACKING_NAME};
 use crate::image::{read_header, Backing, Image};
 use crate::io::BlockIo;
+
+mod compact;
+use compact::{compact, truncate_tail};
 
 /// What [`repair`] fixes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,15 +301,6 @@ impl<'a, B: BlockIo> Dev<'a, B> {
     }
 }
 
-/// What moved, for the action list.
-fn item_of(x: &Ext, geo: &Geometry) -> Item {
-    match x.kind {
-        ExtKind::L1 => Item::L1Table,
-        ExtKind::Name => Item::BackingName,
-        _ => Item::Reference(x.reference(geo)),
-    }
-}
-
 /// The extent a reference names.
 fn ext_of(r: &Reference) -> Option<Ext> {
     Some(Ext {
@@ -359,18 +361,7 @@ pub fn repair<B: BlockIo>(io: &mut B, mode: RepairMode) -> Result<RepairReport, 
     } else {
         // Moving data around references that may be wrong is not safe: only a leaked
         // tail is dropped.
-        let end = s.report.image_end_offset;
-        if s.report.file_len > end {
-            io.set_len(end)?;
-            io.flush()?;
-            push(
-                &mut actions,
-                Action::Truncated {
-                    from: s.report.file_len,
-                    to: end,
-                },
-            )?;
-        }
+        truncate_tail(io, &mut actions)?;
     }
     let after = scan(io, true)?.report;
     Ok(RepairReport {
@@ -534,300 +525,6 @@ fn fix_corruptions<B: BlockIo>(
     }
     made.pointers.sort_unstable();
     Ok(true)
-}
-
-/// Bytes of extents one batch of [`compact`] moves at most.
-const BATCH_BYTES: u64 = 8 << 20;
-/// Extents one batch of [`compact`] moves at most.
-const BATCH_EXTENTS: usize = 4096;
-
-/// The live extents by host offset, and the holes between them: the free runs that
-/// are leaks, not padding (see [`crate::check`]).
-struct Packing {
-    map: BTreeMap<u64, Ext>,
-    holes: BTreeMap<u64, u64>,
-    cs: u64,
-}
-
-/// The bytes an extent takes (the L1 table with its padding).
-fn span(x: &Ext) -> u64 {
-    x.span_end().saturating_sub(x.host)
-}
-
-impl Packing {
-    fn new(exts: &[Ext], cs: u64) -> Self {
-        let mut p = Packing {
-            map: BTreeMap::new(),
-            holes: BTreeMap::new(),
-            cs,
-        };
-        let mut prev: Option<u64> = None;
-        for &x in exts {
-            if let Some(a) = prev {
-                if x.leaks_before(a, cs) {
-                    p.holes.insert(a, x.host);
-                }
-            }
-            prev = Some(prev.unwrap_or(0).max(x.span_end()));
-            p.map.insert(x.host, x);
-        }
-        p
-    }
-
-    fn pred(&self, at: u64) -> Option<Ext> {
-        self.map.range(..at).next_back().map(|(_, x)| *x)
-    }
-
-    fn succ(&self, at: u64) -> Option<Ext> {
-        self.map.range(at..).next().map(|(_, x)| *x)
-    }
-
-    fn last(&self) -> Option<Ext> {
-        self.map.last_key_value().map(|(_, x)| *x)
-    }
-
-    /// Records the free run `[a, next)` as a hole when it leaks.
-    fn gap(&mut self, a: u64, next: Option<Ext>) {
-        if let Some(n) = next {
-            if n.leaks_before(a, self.cs) {
-                self.holes.insert(a, n.host);
-            }
-        }
-    }
-
-    fn remove(&mut self, host: u64) {
-        let Some(x) = self.map.remove(&host) else {
-            return;
-        };
-        let a = self.pred(host).map_or(0, |p| p.span_end());
-        self.holes.remove(&a);
-        self.holes.remove(&x.span_end());
-        let next = self.succ(host);
-        self.gap(a, next);
-    }
-
-    fn insert(&mut self, x: Ext) {
-        let a = self.pred(x.host).map_or(0, |p| p.span_end());
-        self.holes.remove(&a);
-        self.gap(a, Some(x));
-        let next = self.succ(x.host);
-        self.gap(x.span_end(), next);
-        self.map.insert(x.host, x);
-    }
-
-    /// The lowest place in a hole below `x` where `x` fits; each hole looked at
-    /// spends one of `budget`.
-    fn first_fit(&self, x: &Ext, budget: &mut u64) -> Option<u64> {
-        let align = x.align(self.cs);
-        self.holes.range(..x.host).find_map(|(&s, &e)| {
-            *budget = budget.checked_sub(1)?;
-            let slot = align_up(s, align);
-            (slot.saturating_add(span(x)) <= e).then_some(slot)
-        })
-    }
-
-    /// Test builds: the holes are exactly the leaking gaps, and no extents overlap.
-    #[cfg(test)]
-    fn validate(&self) {
-        let v: Vec<Ext> = self.map.values().copied().collect();
-        let fresh = Packing::new(&v, self.cs);
-        assert_eq!(fresh.holes, self.holes, "holes");
-        for w in v.windows(2) {
-            if let [a, b] = w {
-                assert!(a.end() <= b.host, "{a:?} overlaps {b:?}");
-            }
-        }
-    }
-
-    /// Where free space past every extent starts, aligned for `x`.
-    fn past_end(&self, x: &Ext) -> u64 {
-        align_up(self.last().map_or(0, |l| l.span_end()), x.align(self.cs))
-    }
-}
-
-/// Writes moves: copies every extent to its place (free, or past the end), flushes,
-/// switches every pointer, flushes.
-fn write_batch<B: BlockIo>(
-    dev: &mut Dev<'_, B>,
-    moves: &[(Ext, u64)],
-) -> Result<(), Error<B::Error>> {
-    for (x, to) in moves {
-        dev.copy(x.host, *to, u64::from(x.len))?;
-    }
-    dev.flush()?;
-    // The L1 table before L2 tables before entries: a pointer moving with its table
-    // is then written into the table's copy.
-    for kind in [
-        ExtKind::Name,
-        ExtKind::L1,
-        ExtKind::L2Table,
-        ExtKind::Data,
-        ExtKind::Compressed,
-    ] {
-        for (x, to) in moves.iter().filter(|(x, _)| x.kind == kind) {
-            dev.set_pointer(x, *to)?;
-        }
-    }
-    dev.flush()
-}
-
-/// Records moves in the action list.
-fn record<B: BlockIo>(dev: &mut Dev<'_, B>, moves: &[(Ext, u64)]) -> Result<(), Error<B::Error>> {
-    for (x, to) in moves {
-        let item = item_of(x, &dev.geo);
-        push(
-            &mut dev.actions,
-            Action::Moved {
-                item,
-                from: x.host,
-                to: *to,
-                len: u64::from(x.len),
-            },
-        )?;
-    }
-    Ok(())
-}
-
-/// Moves the extents to their places ([`write_batch`]) and updates the packing.
-fn mv_batch<B: BlockIo>(
-    dev: &mut Dev<'_, B>,
-    p: &mut Packing,
-    moves: &[(Ext, u64)],
-    recorded: bool,
-) -> Result<(), Error<B::Error>> {
-    write_batch(dev, moves)?;
-    for (x, to) in moves {
-        p.remove(x.host);
-        p.insert(Ext { host: *to, ..*x });
-    }
-    if recorded {
-        record(dev, moves)?;
-    }
-    #[cfg(test)]
-    p.validate();
-    Ok(())
-}
-
-/// Moves the extents down to their places, through copies past the last extent when
-/// a place overlaps a live extent of the batch.
-fn mv_down<B: BlockIo>(
-    dev: &mut Dev<'_, B>,
-    p: &mut Packing,
-    moves: &[(Ext, u64)],
-) -> Result<(), Error<B::Error>> {
-    let (Some((first, _)), Some((last, to))) = (moves.first(), moves.last()) else {
-        return Ok(());
-    };
-    if to.saturating_add(span(last)) <= first.host {
-        return mv_batch(dev, p, moves, true);
-    }
-    let mut temp: Vec<(Ext, u64)> = Vec::new();
-    temp.try_reserve(moves.len())
-        .map_err(|_| Error::OutOfMemory)?;
-    let mut at = p.past_end(first);
-    for (x, _) in moves {
-        at = align_up(at, x.align(p.cs));
-        temp.push((*x, at));
-        at = at.saturating_add(span(x));
-    }
-    mv_batch(dev, p, &temp, false)?;
-    for (t, (x, to)) in temp.iter_mut().zip(moves) {
-        *t = (Ext { host: t.1, ..*x }, *to);
-    }
-    mv_batch(dev, p, &temp, false)?;
-    record(dev, moves)
-}
-
-/// Reclaims leaked space (see the module docs). `exts` are all live extents in host
-/// order, none overlapping another.
-fn compact<B: BlockIo>(dev: &mut Dev<'_, B>, exts: &[Ext]) -> Result<(), Error<B::Error>> {
-    let cs = dev.geo.cluster_size();
-    let mut p = Packing::new(exts, cs);
-    // Fill the holes with the extents at the end of the file, in batches: the last
-    // extent goes to the lowest hole it fits, again and again. The space it leaves is
-    // the tail, never a hole, so no later move of a batch lands on it before the batch
-    // switches. Searching holes has a budget; past it, the packing below takes over.
-    let mut budget: u64 = 1 << 22;
-    loop {
-        let mut moves: Vec<(Ext, u64)> = Vec::new();
-        let mut bytes = 0u64;
-        while let Some(e) = p.last() {
-            if e.kind == ExtKind::Header || moves.len() >= BATCH_EXTENTS || bytes >= BATCH_BYTES {
-                break;
-            }
-            let Some(slot) = p.first_fit(&e, &mut budget) else {
-                break;
-            };
-            p.remove(e.host);
-            p.insert(Ext { host: slot, ..e });
-            push(&mut moves, (e, slot))?;
-            bytes = bytes.saturating_add(u64::from(e.len));
-        }
-        if !moves.is_empty() {
-            write_batch(dev, &moves)?;
-            record(dev, &moves)?;
-            #[cfg(test)]
-            p.validate();
-            continue;
-        }
-        let Some(e) = p.last() else { break };
-        if e.kind == ExtKind::Header || p.holes.is_empty() || budget == 0 {
-            break;
-        }
-        // `e` fits no hole: move the extents below it into the holes, then move `e`
-        // down over the space they left.
-        while let Some(q) = p.pred(e.host) {
-            let fit = (q.kind != ExtKind::Header).then(|| p.first_fit(&q, &mut budget));
-            let Some(slot) = fit.flatten() else { break };
-            mv_batch(dev, &mut p, &[(q, slot)], true)?;
-        }
-        let below = p.pred(e.host).map_or(0, |q| q.span_end());
-        if !e.leaks_before(below, cs) {
-            break;
-        }
-        mv_down(dev, &mut p, &[(e, align_up(below, e.align(cs)))])?;
-    }
-    // Whatever holes are left: pack every extent after the first one down in order,
-    // in batches.
-    if let Some((&first, _)) = p.holes.first_key_value() {
-        let mut cursor = first;
-        loop {
-            let mut moves: Vec<(Ext, u64)> = Vec::new();
-            let mut bytes = 0u64;
-            for (_, x) in p.map.range(cursor..) {
-                let slot = align_up(cursor, x.align(cs));
-                if slot >= x.host {
-                    if !moves.is_empty() {
-                        break;
-                    }
-                    cursor = cursor.max(x.span_end());
-                    continue;
-                }
-                push(&mut moves, (*x, slot))?;
-                cursor = slot.saturating_add(span(x));
-                bytes = bytes.saturating_add(u64::from(x.len));
-                if bytes >= BATCH_BYTES || moves.len() >= BATCH_EXTENTS {
-                    break;
-                }
-            }
-            if moves.is_empty() {
-                break;
-            }
-            mv_down(dev, &mut p, &moves)?;
-        }
-    }
-    // Drop the tail (keeping the L1 table's padding to 512 bytes when it is last).
-    if let Some(last) = p.last() {
-        let end = last.span_end();
-        let len = dev.io.len()?;
-        if len > end {
-            dev.io.set_len(end)?;
-            dev.flush()?;
-            dev.file_len = end;
-            push(&mut dev.actions, Action::Truncated { from: len, to: end })?;
-        }
-    }
-    Ok(())
 }
 
 /// Reclaims leaked clusters when the image has no corruption (see the module docs).

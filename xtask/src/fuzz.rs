@@ -1,4 +1,5 @@
 //! The fuzz tasks: `fuzz` runs the cargo-fuzz targets of `fuzz/` (libFuzzer, nightly),
+//! `fuzz-ci` runs every target for a minute from the committed inputs (CI runs it),
 //! `fuzz-build` builds every target, `fuzz-replay` runs the seed corpora and the crash
 //! regressions through the same harnesses on stable, without libFuzzer.
 
@@ -8,6 +9,8 @@ use crate::{root, run, stdout_of};
 
 /// Seconds per target when `fuzz` is given none.
 const DEFAULT_SECONDS: u64 = 300;
+/// Seconds per target of `fuzz-ci`, when given none.
+const CI_SECONDS: u64 = 60;
 
 /// `cargo +nightly` (through rustup's proxy: `$CARGO` is the stable toolchain's own
 /// cargo, which takes no `+toolchain`), in `fuzz/`.
@@ -44,9 +47,18 @@ fn targets() -> Result<Vec<String>, String> {
     Ok(v)
 }
 
-/// `cargo xtask fuzz [TARGET] [SECONDS]`: one target, or all in turn, one process at a
-/// time (the machine is shared), with libFuzzer's memory limit.
+/// `cargo xtask fuzz [TARGET] [SECONDS] [-- FLAGS]`: one target, or all in turn, one
+/// process at a time (the machine is shared), with libFuzzer's memory limit; FLAGS go
+/// to libFuzzer after ours (a later flag wins: `-- -timeout=60` on a loaded machine,
+/// where a starved process can spend 10 s of wall time on one input).
 pub fn fuzz(args: &[String]) -> Result<(), String> {
+    let (args, extra) = match args.iter().position(|a| a == "--") {
+        Some(i) => (
+            args.get(..i).unwrap_or_default(),
+            args.get(i + 1..).unwrap_or_default(),
+        ),
+        None => (args, &[][..]),
+    };
     ensure_cargo_fuzz()?;
     let all = targets()?;
     let (chosen, seconds) = match args {
@@ -60,7 +72,7 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
             s.parse()
                 .map_err(|_| format!("SECONDS must be a number (got '{s}')"))?,
         ),
-        _ => return Err("usage: cargo xtask fuzz [TARGET] [SECONDS]".into()),
+        _ => return Err("usage: cargo xtask fuzz [TARGET] [SECONDS] [-- FLAGS]".into()),
     };
     for t in &chosen {
         if !all.contains(t) {
@@ -72,18 +84,83 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
     }
     for t in &chosen {
         eprintln!("==> fuzz {t} for {seconds} s");
-        run(nightly().args([
-            "fuzz",
-            "run",
-            t,
-            "--",
-            &format!("-max_total_time={seconds}"),
-            "-rss_limit_mb=2048",
-            "-timeout=10",
-            "-print_final_stats=1",
-        ]))?;
+        run(nightly()
+            .args(["fuzz", "run", t, "--"])
+            .args(libfuzzer_flags(seconds, 10))
+            .args(extra))?;
     }
     Ok(())
+}
+
+/// libFuzzer's flags for a run of `seconds`: its memory limit, a limit of `timeout`
+/// seconds of wall time per input (a slower one is a hang, and fails the run), the
+/// statistics at the end.
+fn libfuzzer_flags(seconds: u64, timeout: u64) -> [String; 4] {
+    [
+        format!("-max_total_time={seconds}"),
+        "-rss_limit_mb=2048".into(),
+        format!("-timeout={timeout}"),
+        "-print_final_stats=1".into(),
+    ]
+}
+
+/// `fuzz-ci`'s limit per input, in seconds of wall time. Inputs take well under a
+/// second; the margin keeps a slow or busy CI machine from failing on timing alone,
+/// while a real hang still fails.
+const CI_TIMEOUT: u64 = 60;
+
+/// `cargo xtask fuzz-ci [SECONDS]`: every target in turn, one process at a time, for
+/// SECONDS (default 60) each, from the committed inputs only (the `seed-*` files of
+/// `corpus/TARGET` and the `regressions/TARGET` files, copied to a fresh directory
+/// under `fuzz/target`, so what earlier runs left in `corpus/` plays no part). Fails
+/// on the first crash, leak, hang (an input running 60 s) or out-of-memory (libFuzzer
+/// writes the input to `fuzz/artifacts/TARGET/`).
+pub fn fuzz_ci(args: &[String]) -> Result<(), String> {
+    let seconds = match args {
+        [] => CI_SECONDS,
+        [s] => s
+            .parse()
+            .map_err(|_| format!("SECONDS must be a number (got '{s}')"))?,
+        _ => return Err("usage: cargo xtask fuzz-ci [SECONDS]".into()),
+    };
+    ensure_cargo_fuzz()?;
+    let fuzz = root().join("fuzz");
+    for t in targets()? {
+        let dir = fuzz.join("target").join("ci-corpus").join(&t);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let n = copy_inputs(&fuzz.join("corpus").join(&t), &dir, true)?
+            + copy_inputs(&fuzz.join("regressions").join(&t), &dir, false)?;
+        if n == 0 {
+            return Err(format!("no committed input for fuzz target {t}"));
+        }
+        eprintln!("==> fuzz {t} for {seconds} s from {n} committed inputs");
+        run(nightly()
+            .args(["fuzz", "run", &t])
+            .arg(&dir)
+            .arg("--")
+            .args(libfuzzer_flags(seconds, CI_TIMEOUT)))?;
+    }
+    Ok(())
+}
+
+/// Copies the files of `from` (only `seed-*` ones when `seeds`) into `to`; a missing
+/// `from` has none. Returns how many.
+fn copy_inputs(from: &std::path::Path, to: &std::path::Path, seeds: bool) -> Result<usize, String> {
+    let Ok(rd) = std::fs::read_dir(from) else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    for e in rd {
+        let p = e.map_err(|e| format!("{}: {e}", from.display()))?.path();
+        let Some(name) = p.file_name() else { continue };
+        if !p.is_file() || (seeds && !name.to_string_lossy().starts_with("seed-")) {
+            continue;
+        }
+        std::fs::copy(&p, to.join(name)).map_err(|e| format!("{}: {e}", p.display()))?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// `cargo xtask fuzz-build`: every target builds (with libFuzzer and ASan), so none

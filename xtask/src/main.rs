@@ -39,10 +39,18 @@ const TASKS: &[Task] = &[
     // ---- fuzz / bench tasks go here --------------------------------------------
     Task {
         name: "fuzz",
-        usage: "[TARGET] [SECONDS]",
+        usage: "[TARGET] [SECONDS] [-- FLAGS]",
         about: "run one cargo-fuzz target of fuzz/ (all in turn when none is named) for \
-                SECONDS each (default 300), on nightly; installs cargo-fuzz if missing",
+                SECONDS each (default 300), on nightly, FLAGS passed to libFuzzer; \
+                installs cargo-fuzz if missing",
         run: fuzz::fuzz,
+    },
+    Task {
+        name: "fuzz-ci",
+        usage: "[SECONDS]",
+        about: "every cargo-fuzz target in turn for SECONDS each (default 60), from the \
+                committed seeds and regressions only; fails on any crash (CI runs it)",
+        run: fuzz::fuzz_ci,
     },
     Task {
         name: "fuzz-build",
@@ -162,6 +170,7 @@ fn ci(args: &[String]) -> Result<(), String> {
         "fuzz-replay",
         "fuzz-build",
         "python-test",
+        "fuzz-ci",
     ] {
         run_task(name, &[])?;
     }

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use qcow_std::maint::{Maintenance, RepairMode as CoreMode, Report};
+use qcow_std::maint::{Action, Maintenance, RepairMode as CoreMode, Report};
 use qcow_std::Format;
 
 use crate::common::{err, json_str, CliError, Output, VerbResult};
@@ -26,6 +26,36 @@ pub fn status(r: &Report) -> u8 {
     } else {
         0
     }
+}
+
+/// Repair actions listed at most, in either output form; the rest are counted by kind
+/// (a repair of a large image may move millions of extents).
+pub const MAX_LISTED: usize = 1000;
+
+/// The line that stands for the actions past [`MAX_LISTED`], if any.
+fn omitted(actions: &[Action]) -> Option<String> {
+    let rest = actions.get(MAX_LISTED..).filter(|r| !r.is_empty())?;
+    let mut counts = [0usize; 4];
+    for a in rest {
+        let i = match a {
+            Action::Moved { .. } => 0,
+            Action::Copied { .. } => 1,
+            Action::Dropped { .. } => 2,
+            Action::Truncated { .. } => 3,
+        };
+        counts[i] += 1;
+    }
+    let kinds: Vec<String> = ["moved", "copied", "dropped", "truncated"]
+        .iter()
+        .zip(counts)
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    Some(format!(
+        "{} more actions not listed ({})",
+        rest.len(),
+        kinds.join(", ")
+    ))
 }
 
 /// The arguments of `check`.
@@ -74,8 +104,11 @@ pub fn run(a: &Args, out: &mut dyn Write) -> VerbResult {
                     .map_err(w)?;
                     writeln!(out, "    {} leaked clusters", r.leaks_fixed()).map_err(w)?;
                     writeln!(out, "    {} corruptions\n", r.corruptions_fixed()).map_err(w)?;
-                    for a in &r.actions {
+                    for a in r.actions.iter().take(MAX_LISTED) {
                         writeln!(out, "Repaired: {a}").map_err(w)?;
+                    }
+                    if let Some(more) = omitted(&r.actions) {
+                        writeln!(out, "Repaired: {more}").map_err(w)?;
                     }
                     writeln!(out, "\nDouble checking the fixed image now...").map_err(w)?;
                 }
@@ -186,11 +219,16 @@ fn json(
         let actions: Vec<String> = rep
             .actions
             .iter()
+            .take(MAX_LISTED)
             .map(|a| format!("        {}", json_str(&a.to_string())))
             .collect();
         fields.push(format!(
             "    \"repairs\": [\n{}\n    ]",
             actions.join(",\n")
+        ));
+        fields.push(format!(
+            "    \"repairs-not-listed\": {}",
+            rep.actions.len().saturating_sub(MAX_LISTED)
         ));
     }
     fields.push(format!(
