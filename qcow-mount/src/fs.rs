@@ -51,6 +51,19 @@ thread_local! {
 }
 
 impl DiskFs {
+    /// `flush`/`fsync`: makes what was written durable (nothing to do read-only).
+    fn sync(&self, reply: ReplyEmpty) {
+        if !self.writable {
+            return reply.ok();
+        }
+        match self.disk.flush() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+impl DiskFs {
     /// A file system over `disk` showing `files` (the first is usually the whole disk).
     pub fn new(disk: Disk, files: Vec<Window>, writable: bool, uid: u32, gid: u32) -> Self {
         DiskFs {
@@ -324,13 +337,7 @@ impl Filesystem for DiskFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        if !self.writable {
-            return reply.ok();
-        }
-        match self.disk.flush() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.sync(reply)
     }
 
     fn fsync(
@@ -341,13 +348,7 @@ impl Filesystem for DiskFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        if !self.writable {
-            return reply.ok();
-        }
-        match self.disk.flush() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.sync(reply)
     }
 
     fn readdir(
