@@ -514,3 +514,97 @@ fn hostile_clients() {
         "1048576"
     );
 }
+
+/// libnbd's `nbdfuse` mounting the export: its file reads as qemu-img reads the chain.
+#[test]
+fn nbdfuse_mounts_the_export() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: nbdfuse needs FUSE (install fuse3)"
+    );
+    let d = tmp();
+    let top = chain(d.path());
+    let q = Server::start("qcow", d.path(), "q", &[&"-r", &top]);
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let pid = d.path().join("nbdfuse.pid");
+    let mut child = Command::new("nbdfuse")
+        .args([&"-r" as &dyn AsRef<std::ffi::OsStr>, &"-P", &pid, &mnt])
+        .arg("--unix")
+        .arg(&q.socket)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("nbdfuse not found: install libnbd-bin ({e})"));
+    for _ in 0..500 {
+        if pid.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let got = std::fs::read(mnt.join("nbd"));
+    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+    let _ = child.wait();
+    let got = got.expect("read the nbdfuse file");
+    let want = qemu_raw(&top, &[], d.path());
+    assert!(
+        got == want,
+        "nbdfuse's file differs from qemu-img's raw conversion"
+    );
+}
+
+/// TCP on 127.0.0.1 and an encrypted image with `--password-file`: qemu-img reads the
+/// export as QEMU decrypts the image.
+#[test]
+fn tcp_export_of_an_encrypted_image() {
+    let d = tmp();
+    let pw = d.path().join("pw");
+    write(&pw, b"nbd-secret");
+    let plain = d.path().join("plain.raw");
+    let mut data = vec![0u8; 4 << 20];
+    for (i, b) in data.iter_mut().enumerate().skip(1 << 20).take(1 << 20) {
+        *b = (i % 251) as u8;
+    }
+    write(&plain, &data);
+    let enc = d.path().join("enc.qcow");
+    qemu_convert_encrypted(&plain, &enc, &pw);
+    // A free port: bind port 0, then let it go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let pid_file = d.path().join("tcp.pid");
+    tool_ok(
+        qcow_bin(),
+        &[
+            &"nbd",
+            &"--fork",
+            &"-r",
+            &"-p",
+            &port,
+            &"--pid-file",
+            &pid_file,
+            &"--password-file",
+            &pw,
+            &enc,
+        ],
+    );
+    let uri = format!("nbd://127.0.0.1:{port}");
+    let got = qemu_raw(&uri, &[&"-f", &"raw"], d.path());
+    let pid = String::from_utf8(read(&pid_file)).unwrap();
+    let _ = Command::new("kill").args(["-TERM", pid.trim()]).status();
+    assert!(got == data, "the TCP export differs from the plaintext");
+    assert!(
+        got == qemu_decrypted(&enc, &pw, d.path()),
+        "differs from QEMU's decryption"
+    );
+    // Without the password: refused before serving, one line.
+    let o = tool(qcow_bin(), &[&"nbd", &"-r", &"-p", &port, &enc]);
+    assert_eq!(o.code, 1, "served an encrypted image without its password");
+    assert!(
+        o.stderr.starts_with("qcow: ") && o.stderr.contains("password"),
+        "{}",
+        o.stderr
+    );
+}
