@@ -114,7 +114,7 @@ mod deflate {
     pub struct Deflater {
         state: alloc::boxed::Box<CompressorOxide>,
         #[cfg(feature = "libdeflate")]
-        fast: Option<libdeflater::Compressor>,
+        fast: Option<(libdeflater::Compressor, libdeflater::Compressor)>,
     }
 
     impl core::fmt::Debug for Deflater {
@@ -138,7 +138,13 @@ mod deflate {
                 #[cfg(feature = "libdeflate")]
                 fast: libdeflater::CompressionLvl::new(i32::from(level))
                     .ok()
-                    .map(libdeflater::Compressor::new),
+                    .zip(libdeflater::CompressionLvl::new(1).ok())
+                    .map(|(full, probe)| {
+                        (
+                            libdeflater::Compressor::new(probe),
+                            libdeflater::Compressor::new(full),
+                        )
+                    }),
             }
         }
 
@@ -149,14 +155,26 @@ mod deflate {
         ///
         /// With the `libdeflate` feature, clusters of at most 4 KiB (where no match can
         /// reach further back anyway) are deflated by libdeflate: fewer instructions and
-        /// a smaller stream than miniz_oxide's.
+        /// a smaller stream than miniz_oxide's (a level-1 pass first, so incompressible
+        /// clusters cost little; the smaller of the two streams is kept).
         pub fn compress(&mut self, input: &[u8], out: &mut [u8]) -> Option<usize> {
             let limit = input.len().checked_sub(1)?;
             let out = out.get_mut(..limit.min(out.len()))?;
             #[cfg(feature = "libdeflate")]
             if input.len() <= WINDOW {
-                if let Some(fast) = self.fast.as_mut() {
-                    return fast.deflate_compress(input, out).ok();
+                if let Some((probe, full)) = self.fast.as_mut() {
+                    // The cheap level-1 probe rejects incompressible clusters (most of
+                    // the cost at full level); a cluster it shrinks gets the full level.
+                    let quick = probe.deflate_compress(input, out).ok()?;
+                    let mut tmp = [0u8; WINDOW];
+                    let tmp = tmp.get_mut(..quick.saturating_sub(1))?;
+                    return match full.deflate_compress(input, tmp) {
+                        Ok(n) => {
+                            out.get_mut(..n)?.copy_from_slice(tmp.get(..n)?);
+                            Some(n)
+                        }
+                        Err(_) => probe.deflate_compress(input, out).ok(),
+                    };
                 }
             }
             self.state.reset();

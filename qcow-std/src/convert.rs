@@ -317,28 +317,10 @@ impl Sink {
     }
 }
 
-/// Bytes of a chunk below which one thread reads it alone.
-const PARALLEL_MIN: usize = 256 << 10;
-
 /// Reads `buf` from `src` at `offset`, split between `threads` threads (each inflates
 /// and decrypts its own part: the handle's reads run in parallel).
 fn read_parallel(src: &Disk, offset: u64, buf: &mut [u8], threads: usize) -> Result<(), Error> {
-    if threads <= 1 || buf.len() < PARALLEL_MIN {
-        return src.read_at(offset, buf);
-    }
-    // Parts of whole 64 KiB units, so no cluster is inflated twice.
-    let unit = 64 << 10;
-    let per = buf.len().div_ceil(threads).div_ceil(unit) * unit;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = buf
-            .chunks_mut(per)
-            .enumerate()
-            .map(|(i, part)| s.spawn(move || src.read_at(offset + (i * per) as u64, part)))
-            .collect();
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-    })
+    src.read_at_parallel(offset, buf, threads.max(1))
 }
 
 /// Writes the non-zero blocks of `data` at `offset`, coalescing runs.

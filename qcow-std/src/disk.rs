@@ -28,6 +28,9 @@ pub(crate) type QcowImage = Image<StorageIo, Below, Vec<u8>>;
 /// Bytes of zeros written at a time when zeroing.
 const ZERO_CHUNK: usize = 1 << 20;
 
+/// Bytes of a read below which [`Disk::read_at_parallel`] reads on one thread.
+const PARALLEL_MIN: usize = 256 << 10;
+
 /// Most bytes of adjacent compressed streams fetched with one read.
 const RUN_MAX: u64 = 1 << 20;
 /// Largest gap between two compressed streams fetched with one read.
@@ -579,6 +582,45 @@ impl Disk {
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
         self.check_range(offset, buf.len() as u64)?;
         self.top.read(offset, buf)
+    }
+
+    /// [`Disk::read_at`] split between up to `threads` threads (0: all cores), in parts
+    /// of whole 64 KiB so no compressed cluster is inflated twice: large reads of
+    /// compressed or encrypted data keep every core busy. Small reads stay on this
+    /// thread.
+    pub fn read_at_parallel(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        threads: usize,
+    ) -> Result<(), Error> {
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        if threads <= 1 || buf.len() < PARALLEL_MIN {
+            return self.read_at(offset, buf);
+        }
+        self.check_range(offset, buf.len() as u64)?;
+        let unit = 64 << 10;
+        let per = buf
+            .len()
+            .div_ceil(threads)
+            .div_ceil(unit)
+            .saturating_mul(unit);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = buf
+                .chunks_mut(per)
+                .enumerate()
+                .map(|(i, part)| {
+                    let at = offset.saturating_add(i.saturating_mul(per) as u64);
+                    s.spawn(move || self.top.read(at, part))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })
     }
 
     fn writable_top(&self) -> Result<(), Error> {
