@@ -71,6 +71,8 @@ impl core::fmt::Debug for Inflater {
 }
 
 #[cfg(feature = "alloc")]
+// Derivable only without the libdeflate feature.
+#[allow(clippy::derivable_impls)]
 impl Default for Inflater {
     fn default() -> Self {
         Inflater {
