@@ -31,8 +31,9 @@ const ZERO_CHUNK: usize = 1 << 20;
 /// Bytes of a read below which [`Disk::read_at_parallel`] reads on one thread.
 const PARALLEL_MIN: usize = 256 << 10;
 
-/// Most bytes of adjacent compressed streams fetched with one read.
-const RUN_MAX: u64 = 1 << 20;
+/// Most bytes of adjacent compressed streams fetched with one read (small: each
+/// thread zeroes its buffer once, and short-lived reader threads are common).
+const RUN_MAX: u64 = 128 << 10;
 /// Largest gap between two compressed streams fetched with one read.
 const RUN_GAP: u64 = 4096;
 
