@@ -158,7 +158,8 @@ mod deflate {
         /// With the `libdeflate` feature, clusters of at most 4 KiB (where no match can
         /// reach further back anyway) are deflated by libdeflate: fewer instructions and
         /// a smaller stream than miniz_oxide's (a level-1 pass first, so incompressible
-        /// clusters cost little; the smaller of the two streams is kept).
+        /// and very compressible clusters cost little; otherwise the smaller of the two
+        /// streams is kept).
         pub fn compress(&mut self, input: &[u8], out: &mut [u8]) -> Option<usize> {
             let limit = input.len().checked_sub(1)?;
             let out = out.get_mut(..limit.min(out.len()))?;
@@ -166,8 +167,12 @@ mod deflate {
             if input.len() <= WINDOW {
                 if let Some((probe, full)) = self.fast.as_mut() {
                     // The cheap level-1 probe rejects incompressible clusters (most of
-                    // the cost at full level); a cluster it shrinks gets the full level.
+                    // the cost at full level) and keeps those it shrinks below an eighth
+                    // (a few bytes at stake); the others get the full level too.
                     let quick = probe.deflate_compress(input, out).ok()?;
+                    if quick <= input.len() / 8 {
+                        return Some(quick);
+                    }
                     let mut tmp = [0u8; WINDOW];
                     let tmp = tmp.get_mut(..quick.saturating_sub(1))?;
                     return match full.deflate_compress(input, tmp) {
