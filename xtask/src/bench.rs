@@ -619,7 +619,9 @@ pub fn bench(args: &[String]) -> Result<(), String> {
              Each operation ran {rounds} times with qemu-img and with qcow alternately on the same \
              files; times are medians, ratio = qemu-img / qcow (higher is better), memory is the \
              peak RSS of the worst run. The machine is shared and noisy: compare ratios, not \
-             seconds. `results.svg` plots the ratios.\n\n{table}\n"
+             seconds. Rows whose notes name a peer column hold that peer (libqcow's pyqcow or \
+             `qcowmount`, `cat`, the inflate-only floor) in the qemu-img column. \
+             `results.svg` plots the ratios.\n\n{table}\n"
         );
         std::fs::write(root.join("benches/RESULTS.md"), md).map_err(|e| e.to_string())?;
         std::fs::write(root.join("benches/results.svg"), svg(&rows)).map_err(|e| e.to_string())?;
