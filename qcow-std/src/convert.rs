@@ -138,6 +138,10 @@ fn create_options<'a>(opts: &'a ConvertOptions<'_>, size: u64) -> CreateOptions<
 }
 
 /// [`convert`] into `file`, the new image at `dst`.
+///
+/// A pipeline: this thread reads chunk after chunk (each split between the threads,
+/// which inflate and decrypt their parts) while a writer thread writes (and
+/// compresses) the previous one; at most three chunks are in flight.
 fn copy(src: &Disk, file: File, dst: &Path, mut opts: ConvertOptions<'_>) -> Result<(), Error> {
     let size = src.size();
     let threads = if opts.threads == 0 {
@@ -145,35 +149,83 @@ fn copy(src: &Disk, file: File, dst: &Path, mut opts: ConvertOptions<'_>) -> Res
     } else {
         opts.threads
     };
-    let mut sink = Sink::open(file, dst, &opts, size, threads)?;
+    let sink = Sink::open(file, dst, &opts, size, threads)?;
     let cluster = sink.cluster();
     let compress = opts.compress && opts.encrypt.is_none();
-    let mut buf = vec![0u8; CHUNK];
-    let mut base_buf = vec![0u8; if opts.backing.is_some() { CHUNK } else { 0 }];
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Filled>(1);
+    let (back, spare) = std::sync::mpsc::channel::<Filled>();
+    let sink = std::thread::scope(|s| {
+        let writer = s.spawn(move || -> Result<Sink, Error> {
+            let mut sink = sink;
+            for f in rx {
+                let base = f.base.as_ref().map(|b| &b[..f.len]);
+                sink.push(f.offset, &f.data[..f.len], base, compress)?;
+                let _ = back.send(f);
+            }
+            Ok(sink)
+        });
+        let read = read_chunks(src, &mut opts, size, cluster, threads, &tx, &spare);
+        drop(tx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        // A write error stops the reads (the channel closes): report it first.
+        let sink = written?;
+        read.map(|()| sink)
+    })?;
+    sink.finish()?;
+    if let Some(p) = opts.progress.as_mut() {
+        p(size, size);
+    }
+    Ok(())
+}
+
+/// A chunk read from the source (and its backing file's content, for an overlay).
+struct Filled {
+    offset: u64,
+    len: usize,
+    data: Vec<u8>,
+    base: Option<Vec<u8>>,
+}
+
+/// The reading side of [`copy`]: sends each chunk to the writer, reusing the buffers
+/// it sends back; stops quietly when the writer has gone (its error is reported).
+fn read_chunks(
+    src: &Disk,
+    opts: &mut ConvertOptions<'_>,
+    size: u64,
+    cluster: usize,
+    threads: usize,
+    tx: &std::sync::mpsc::SyncSender<Filled>,
+    spare: &std::sync::mpsc::Receiver<Filled>,
+) -> Result<(), Error> {
     let mut offset = 0u64;
     while offset < size {
-        let skip = zeros_ahead(src, &opts, offset, size, cluster.max(4096) as u64)?;
+        let skip = zeros_ahead(src, opts, offset, size, cluster.max(4096) as u64)?;
         let n = if skip > 0 {
             skip
         } else {
             let n = usize::try_from((size - offset).min(CHUNK as u64)).unwrap_or(CHUNK);
-            let chunk = &mut buf[..n];
-            read_parallel(src, offset, chunk, threads)?;
-            let base = match &opts.backing {
-                Some((_, disk)) => Some(read_base(disk, offset, &mut base_buf[..n], threads)?),
-                None => None,
-            };
-            sink.push(offset, chunk, base, compress)?;
+            let mut f = spare.try_recv().unwrap_or_else(|_| Filled {
+                offset,
+                len: n,
+                data: vec![0u8; CHUNK],
+                base: opts.backing.as_ref().map(|_| vec![0u8; CHUNK]),
+            });
+            (f.offset, f.len) = (offset, n);
+            read_parallel(src, offset, &mut f.data[..n], threads)?;
+            if let (Some((_, disk)), Some(b)) = (&opts.backing, f.base.as_mut()) {
+                read_base(disk, offset, &mut b[..n], threads)?;
+            }
+            if tx.send(f).is_err() {
+                return Ok(());
+            }
             n as u64
         };
         offset += n;
         if let Some(p) = opts.progress.as_mut() {
             p(offset, size);
         }
-    }
-    sink.finish()?;
-    if let Some(p) = opts.progress.as_mut() {
-        p(size, size);
     }
     Ok(())
 }
@@ -315,28 +367,10 @@ impl Sink {
     }
 }
 
-/// Bytes of a chunk below which one thread reads it alone.
-const PARALLEL_MIN: usize = 256 << 10;
-
 /// Reads `buf` from `src` at `offset`, split between `threads` threads (each inflates
 /// and decrypts its own part: the handle's reads run in parallel).
 fn read_parallel(src: &Disk, offset: u64, buf: &mut [u8], threads: usize) -> Result<(), Error> {
-    if threads <= 1 || buf.len() < PARALLEL_MIN {
-        return src.read_at(offset, buf);
-    }
-    // Parts of whole 64 KiB units, so no cluster is inflated twice.
-    let unit = 64 << 10;
-    let per = buf.len().div_ceil(threads).div_ceil(unit) * unit;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = buf
-            .chunks_mut(per)
-            .enumerate()
-            .map(|(i, part)| s.spawn(move || src.read_at(offset + (i * per) as u64, part)))
-            .collect();
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-    })
+    src.read_at_parallel(offset, buf, threads.max(1))
 }
 
 /// Writes the non-zero blocks of `data` at `offset`, coalescing runs.

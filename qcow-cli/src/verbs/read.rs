@@ -47,7 +47,7 @@ pub fn run(a: &Args, out: &mut dyn Write) -> VerbResult {
     let mut done = 0u64;
     while done < length {
         let n = (length - done).min(CHUNK) as usize;
-        disk.read_at(offset + done, &mut buf[..n])?;
+        disk.read_at_parallel(offset + done, &mut buf[..n], 0)?;
         out.write_all(&buf[..n]).map_err(CliError::output)?;
         done += n as u64;
     }
