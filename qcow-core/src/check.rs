@@ -536,7 +536,7 @@ pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Er
             },
         )?;
     }
-    let l1 = read_table(io, l1o, geo.l1_size)?;
+    let l1 = read_table(io, l1o, geo.l1_size())?;
     let mut exts = fixed_extents(&name, l1o, l1_bytes)?;
     let tables = l2_tables(&l1, &geo, &meta, &mut corruptions)?;
     let mut report = Report {
@@ -547,7 +547,7 @@ pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Er
         leaked_clusters: 0,
         leaked_bytes: 0,
         image_end_offset: 0,
-        total_clusters: geo.size.div_ceil(meta.cs),
+        total_clusters: geo.size().div_ceil(meta.cs),
         allocated_clusters: 0,
         compressed_clusters: 0,
         fragmented_clusters: 0,
@@ -714,12 +714,12 @@ impl<B: BlockIo> Walk<'_, B> {
         };
         let r = x.reference(&self.geo);
         self.report.allocated_clusters = self.report.allocated_clusters.saturating_add(1);
-        if r.guest >= self.geo.size {
+        if r.guest >= self.geo.size() {
             push(
                 self.corruptions,
                 Corruption::BeyondSize {
                     reference: r,
-                    size: self.geo.size,
+                    size: self.geo.size(),
                 },
             )?;
         }

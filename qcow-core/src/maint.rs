@@ -660,7 +660,7 @@ pub fn resize_with_key<B: BlockIo>(
     let fresh = r.cut_last_cluster(&mut dev, cipher)?;
     dev.flush()?;
     if !r.shrinking {
-        if r.new_geo.l1_size > r.old_geo.l1_size {
+        if r.new_geo.l1_size() > r.old_geo.l1_size() {
             if let Some(to) = r.grow_l1(&mut dev, fresh)? {
                 out.l1_table_offset = to;
                 out.l1_moved = true;
@@ -704,9 +704,9 @@ impl<'s> Resize<'s> {
         new_header.validate()?;
         let old_geo = s.geo;
         let new_geo = new_header.geometry();
-        if size < old_geo.size && !shrink {
+        if size < old_geo.size() && !shrink {
             return Err(Error::ShrinkRefused {
-                size: old_geo.size,
+                size: old_geo.size(),
                 new_size: size,
             });
         }
@@ -716,8 +716,8 @@ impl<'s> Resize<'s> {
             old_geo,
             new_geo,
             size,
-            shrinking: size < old_geo.size,
-            limit: size.min(old_geo.size),
+            shrinking: size < old_geo.size(),
+            limit: size.min(old_geo.size()),
             cs: old_geo.cluster_size(),
         })
     }
@@ -728,9 +728,9 @@ impl<'s> Resize<'s> {
         let mut dropped = 0u64;
         for x in self.exts {
             let stale = match x.kind {
-                ExtKind::L2Table => self.shrinking && u64::from(x.l1) >= self.new_geo.l1_size,
+                ExtKind::L2Table => self.shrinking && u64::from(x.l1) >= self.new_geo.l1_size(),
                 ExtKind::Data | ExtKind::Compressed => {
-                    u64::from(x.l1) < self.new_geo.l1_size
+                    u64::from(x.l1) < self.new_geo.l1_size()
                         && x.reference(&self.old_geo).guest >= self.limit
                 }
                 _ => false,
@@ -975,7 +975,7 @@ where
         ));
     }
     require_sound(&scan(&mut image.io, false)?.report)?;
-    let size = image.geo.size;
+    let size = image.geo.size();
     let cs = image.geo.cluster_size();
     let mut old = zeroed(image.geo.cluster_len())?;
     let mut new = zeroed(image.geo.cluster_len())?;
