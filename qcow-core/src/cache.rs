@@ -93,6 +93,7 @@ impl TableCache {
     }
 
     /// Records that entry `index` of the table at `table` now holds `value`.
+    #[cfg(feature = "alloc")]
     pub fn update(&mut self, table: u64, index: u64, value: u64) {
         if let Some((base, slot, _)) = chunk_of(table, index) {
             for c in self.chunks.iter_mut().filter(|c| c.base == base) {
@@ -104,6 +105,7 @@ impl TableCache {
     }
 
     /// Forgets everything (after metadata moved).
+    #[cfg(feature = "alloc")]
     pub fn clear(&mut self) {
         self.chunks.clear();
     }
