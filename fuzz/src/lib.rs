@@ -83,9 +83,9 @@ pub fn header(data: &[u8]) {
     assert_eq!(h.encode(), canon);
     assert_eq!(Header::decode::<()>(&h.encode()), Ok(h));
     let g = h.geometry();
-    assert!(g.l1_size >= 1 && g.l1_size <= MAX_L1_ENTRIES);
-    assert!(g.size <= h.size && h.size - g.size < 512);
-    assert!(u128::from(g.l1_size) * u128::from(g.l2_span()) >= u128::from(g.size));
+    assert!(g.l1_size() >= 1 && g.l1_size() <= MAX_L1_ENTRIES);
+    assert!(g.size() <= h.size && h.size - g.size() < 512);
+    assert!(u128::from(g.l1_size()) * u128::from(g.l2_span()) >= u128::from(g.size()));
     assert!(g.l1_bytes() <= 1 << 31);
     let file_len = match data.get(HEADER_SIZE..HEADER_SIZE + 8) {
         Some(b) => u64::from_be_bytes(b.try_into().expect("8 bytes")),
@@ -124,7 +124,7 @@ fn probes(img: &Image<SliceIo<'_>, NoBacking<E>, Vec<u8>>) -> Vec<u64> {
     let g = *img.geometry();
     let cs = g.cluster_size();
     let mut v = Vec::new();
-    for i in 0..g.l1_size.min(32) {
+    for i in 0..g.l1_size().min(32) {
         let base = i * g.l2_span();
         for j in [0, 1, 2, 3, g.l2_entries() - 1] {
             v.push(base + j * cs);
@@ -132,11 +132,11 @@ fn probes(img: &Image<SliceIo<'_>, NoBacking<E>, Vec<u8>>) -> Vec<u64> {
         v.push(base + cs / 2 + 3);
     }
     v.extend([
-        g.size.saturating_sub(1),
-        g.size / 2,
-        g.size.saturating_sub(cs),
+        g.size().saturating_sub(1),
+        g.size() / 2,
+        g.size().saturating_sub(cs),
     ]);
-    v.retain(|&x| x < g.size);
+    v.retain(|&x| x < g.size());
     v
 }
 
@@ -147,7 +147,7 @@ pub fn map(data: &[u8]) {
         return;
     };
     let g = *img.geometry();
-    let (size, cs, file_len) = (g.size, g.cluster_size(), data.len() as u64);
+    let (size, cs, file_len) = (g.size(), g.cluster_size(), data.len() as u64);
     for guest in probes(&img) {
         let c = no_io(img.lookup(guest));
         match c {
@@ -216,7 +216,7 @@ pub fn read(data: &[u8]) {
     keyed.set_secret(b"fuzz").expect("a UTF-8 secret");
     let encrypted = plain.header().is_encrypted();
     let g = *plain.geometry();
-    let (size, cs) = (g.size, g.cluster_size());
+    let (size, cs) = (g.size(), g.cluster_size());
     let mut prev: Option<(u64, Vec<u8>)> = None;
     let mut at = 0u64;
     let mut steps = 0;
@@ -387,7 +387,7 @@ pub fn write(data: &[u8]) {
         img.set_secret(s).expect("secret");
     }
     img.set_barriers(flags & 4 != 0);
-    let size = g.size as usize;
+    let size = g.size() as usize;
     let cs = g.cluster_len();
     let backing_view = |len: usize| {
         let mut m = vec![0u8; len];

@@ -78,7 +78,7 @@ impl Img {
     fn tables(&self) -> Vec<(u64, u64)> {
         let g = self.h.geometry();
         let len = self.bytes.len() as u64;
-        (0..g.l1_size)
+        (0..g.l1_size())
             .map(|i| (i, self.get(self.l1_at(i))))
             .filter(|&(_, t)| t != 0 && t.saturating_add(g.l2_bytes()) <= len)
             .collect()
@@ -123,16 +123,16 @@ fn valid(r: &mut Rng) -> Img {
     let g = h.geometry();
     let mut img = Image::open(io, NoBacking::<E>::new(), vec![0u8; scratch_len(&g)])
         .expect("open what we made");
-    let clusters = g.size.div_ceil(cs);
+    let clusters = g.size().div_ceil(cs);
     for _ in 0..r.below(14) {
         let at = r.below(clusters) * cs;
-        let room = g.size - at;
+        let room = g.size() - at;
         let data = r.bytes(cs.min(room) as usize);
         match r.below(4) {
             0 | 1 => {
                 let off = at + r.below(cs);
-                let len = (1 + r.below(2 * cs)).min(g.size - off.min(g.size));
-                if off < g.size {
+                let len = (1 + r.below(2 * cs)).min(g.size() - off.min(g.size()));
+                if off < g.size() {
                     img.write_at(off, &data[..len.min(data.len() as u64) as usize])
                         .expect("write");
                 }
@@ -155,7 +155,7 @@ fn damage(r: &mut Rng, m: &mut Img) {
     let len = m.bytes.len() as u64;
     let tables = m.tables();
     let entries = m.entries();
-    let l1_size = m.h.geometry().l1_size;
+    let l1_size = m.h.geometry().l1_size();
     let l2_entries = m.h.geometry().l2_entries();
     let any_l2_slot = |r: &mut Rng| r.pick(&tables).map(|(_, t)| t + 8 * r.below(l2_entries));
     let metadata_end = m.h.l1_table_offset + 8 * l1_size;
@@ -258,7 +258,7 @@ fn damage(r: &mut Rng, m: &mut Img) {
         11 => {
             let g = m.h.geometry();
             let last = l1_size - 1;
-            let first_beyond = g.size.div_ceil(cs) - last * l2_entries;
+            let first_beyond = g.size().div_ceil(cs) - last * l2_entries;
             if let Some(&(_, t)) = tables.iter().find(|(i, _)| *i == last) {
                 if first_beyond < l2_entries {
                     let j = first_beyond + r.below(l2_entries - first_beyond);

@@ -514,13 +514,12 @@ pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Er
     let header = read_header(io)?;
     let file_len = io.len()?;
     let geo = header.geometry();
-    let cs = geo.cluster_size();
     let l1o = header.l1_table_offset;
     let l1_bytes = geo.l1_bytes();
     let name = header.backing_name_range().unwrap_or(0..0);
     let meta = Meta {
         file_len,
-        cs,
+        cs: geo.cluster_size(),
         regions: [
             (Region::Header, 0, HEADER_SIZE as u64),
             (Region::BackingName, name.start, name.end),
@@ -537,8 +536,61 @@ pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Er
             },
         )?;
     }
-    let l1 = read_table(io, l1o, geo.l1_size)?;
-    let mut exts: Vec<Ext> = Vec::new();
+    let l1 = read_table(io, l1o, geo.l1_size())?;
+    let mut exts = fixed_extents(&name, l1o, l1_bytes)?;
+    let tables = l2_tables(&l1, &geo, &meta, &mut corruptions)?;
+    let mut report = Report {
+        header,
+        file_len,
+        corruptions: Vec::new(),
+        leaks: Vec::new(),
+        leaked_clusters: 0,
+        leaked_bytes: 0,
+        image_end_offset: 0,
+        total_clusters: geo.size().div_ceil(meta.cs),
+        allocated_clusters: 0,
+        compressed_clusters: 0,
+        fragmented_clusters: 0,
+        l2_tables: tables.len() as u64,
+    };
+    let mut table = zeroed(usize::try_from(geo.l2_bytes()).unwrap_or(0))?;
+    let mut walk = Walk {
+        io,
+        geo,
+        meta: &meta,
+        inflate_all,
+        report: &mut report,
+        corruptions: &mut corruptions,
+        stream: zeroed(geo.cluster_len())?,
+        cluster: zeroed(geo.cluster_len())?,
+        next_contiguous: 0,
+    };
+    for t in &tables {
+        push(&mut exts, *t)?;
+        if t.flags & WALKED != 0 {
+            walk.table(t, &mut table, &mut exts)?;
+        }
+    }
+    exts.sort_unstable_by_key(Ext::key);
+    overlaps(&exts, &geo, &mut corruptions)?;
+    leaks(&exts, meta.cs, &mut report)?;
+    report.corruptions = corruptions;
+    Ok(Scan {
+        header,
+        geo,
+        l1,
+        exts,
+        report,
+    })
+}
+
+/// The extents of the fixed metadata: the header, the backing name (when there is
+/// one) and the L1 table.
+fn fixed_extents<E>(
+    name: &core::ops::Range<u64>,
+    l1o: u64,
+    l1_bytes: u64,
+) -> Result<Vec<Ext>, Error<E>> {
     let mk = |host: u64, len: u64, kind: ExtKind| Ext {
         host,
         len: u32::try_from(len).unwrap_or(u32::MAX),
@@ -547,6 +599,7 @@ pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Er
         kind,
         flags: 0,
     };
+    let mut exts: Vec<Ext> = Vec::new();
     push(&mut exts, mk(0, HEADER_SIZE as u64, ExtKind::Header))?;
     if !name.is_empty() {
         push(
@@ -559,8 +612,18 @@ pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Er
         )?;
     }
     push(&mut exts, mk(l1o, l1_bytes, ExtKind::L1))?;
+    Ok(exts)
+}
 
-    // L2 table references.
+/// The L2 tables the L1 table references, in L1 order, each judged against the fixed
+/// metadata ([`BAD`] when it fails); of the sound ones, those clear of every earlier
+/// (in host order) table are marked [`WALKED`].
+fn l2_tables<E>(
+    l1: &[u64],
+    geo: &Geometry,
+    meta: &Meta,
+    corruptions: &mut Vec<Corruption>,
+) -> Result<Vec<Ext>, Error<E>> {
     let mut tables: Vec<Ext> = Vec::new();
     for (i, &e) in l1.iter().enumerate() {
         if e == 0 {
@@ -574,7 +637,7 @@ pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Er
             kind: ExtKind::L2Table,
             flags: 0,
         };
-        if meta.judge(&t.reference(&geo), &mut corruptions)? {
+        if meta.judge(&t.reference(geo), corruptions)? {
             t.flags |= BAD;
         }
         push(&mut tables, t)?;
@@ -589,31 +652,34 @@ pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Er
         }
     }
     tables.sort_unstable_by_key(|t| t.l1);
+    Ok(tables)
+}
 
-    let mut report = Report {
-        header,
-        file_len,
-        corruptions: Vec::new(),
-        leaks: Vec::new(),
-        leaked_clusters: 0,
-        leaked_bytes: 0,
-        image_end_offset: 0,
-        total_clusters: geo.size.div_ceil(cs),
-        allocated_clusters: 0,
-        compressed_clusters: 0,
-        fragmented_clusters: 0,
-        l2_tables: tables.len() as u64,
-    };
-    let mut table = zeroed(usize::try_from(geo.l2_bytes()).unwrap_or(0))?;
-    let mut stream = zeroed(geo.cluster_len())?;
-    let mut cluster = zeroed(geo.cluster_len())?;
-    let mut next_contiguous = 0u64;
-    for t in &tables {
-        push(&mut exts, *t)?;
-        if t.flags & WALKED == 0 {
-            continue;
-        }
-        io.read_at(t.host, &mut table)?;
+/// The walk of the L2 tables' entries: what it counts and the buffers it reads into.
+struct Walk<'a, B: BlockIo> {
+    io: &'a mut B,
+    geo: Geometry,
+    meta: &'a Meta,
+    inflate_all: bool,
+    report: &'a mut Report,
+    corruptions: &'a mut Vec<Corruption>,
+    /// A compressed stream as read.
+    stream: Vec<u8>,
+    /// A compressed stream inflated.
+    cluster: Vec<u8>,
+    /// Where the next plain cluster is when it follows the last one.
+    next_contiguous: u64,
+}
+
+impl<B: BlockIo> Walk<'_, B> {
+    /// Reads the table `t` into `table` and appends the references in it to `exts`.
+    fn table(
+        &mut self,
+        t: &Ext,
+        table: &mut [u8],
+        exts: &mut Vec<Ext>,
+    ) -> Result<(), Error<B::Error>> {
+        self.io.read_at(t.host, table)?;
         let entries = table.chunks_exact(8).map(|c| {
             let mut v = [0u8; 8];
             v.copy_from_slice(c);
@@ -622,78 +688,102 @@ pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Er
         let used = entries.clone().filter(|&e| e != 0).count();
         exts.try_reserve(used).map_err(|_| Error::OutOfMemory)?;
         for (j, e) in entries.enumerate() {
-            let (kind, host, len) = match L2Entry(e).decode(&geo) {
-                Cluster::Unallocated => continue,
-                Cluster::Plain { host } => (ExtKind::Data, host, cs),
-                Cluster::Compressed { host, len } => (ExtKind::Compressed, host, len),
+            if let Some(x) = self.entry(t, j, e)? {
+                exts.push(x);
+            }
+        }
+        Ok(())
+    }
+
+    /// Judges entry `j` (holding `e`) of the table `t`: counts it, records its
+    /// problems; returns its extent, `None` when it is unallocated.
+    fn entry(&mut self, t: &Ext, j: usize, e: u64) -> Result<Option<Ext>, Error<B::Error>> {
+        let cs = self.geo.cluster_size();
+        let (kind, host, len) = match L2Entry(e).decode(&self.geo) {
+            Cluster::Unallocated => return Ok(None),
+            Cluster::Plain { host } => (ExtKind::Data, host, cs),
+            Cluster::Compressed { host, len } => (ExtKind::Compressed, host, len),
+        };
+        let mut x = Ext {
+            host,
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+            l1: t.l1,
+            l2: u16::try_from(j).unwrap_or(u16::MAX),
+            kind,
+            flags: 0,
+        };
+        let r = x.reference(&self.geo);
+        self.report.allocated_clusters = self.report.allocated_clusters.saturating_add(1);
+        if r.guest >= self.geo.size() {
+            push(
+                self.corruptions,
+                Corruption::BeyondSize {
+                    reference: r,
+                    size: self.geo.size(),
+                },
+            )?;
+        }
+        let mut bad = self.meta.judge(&r, self.corruptions)?;
+        if kind == ExtKind::Compressed {
+            self.report.compressed_clusters = self.report.compressed_clusters.saturating_add(1);
+            let error = if len == 0 {
+                bad = true;
+                Some(CompressedError::Empty)
+            } else if !bad && self.inflate_all {
+                self.inflate(host, len)?
+            } else {
+                None
             };
-            let mut x = Ext {
-                host,
-                len: u32::try_from(len).unwrap_or(u32::MAX),
-                l1: t.l1,
-                l2: u16::try_from(j).unwrap_or(u16::MAX),
-                kind,
-                flags: 0,
-            };
-            let r = x.reference(&geo);
-            report.allocated_clusters = report.allocated_clusters.saturating_add(1);
-            if r.guest >= geo.size {
+            if let Some(error) = error {
                 push(
-                    &mut corruptions,
-                    Corruption::BeyondSize {
+                    self.corruptions,
+                    Corruption::Compressed {
                         reference: r,
-                        size: geo.size,
+                        error,
                     },
                 )?;
             }
-            let mut bad = meta.judge(&r, &mut corruptions)?;
-            if kind == ExtKind::Compressed {
-                report.compressed_clusters = report.compressed_clusters.saturating_add(1);
-                let error = if len == 0 {
-                    bad = true;
-                    Some(CompressedError::Empty)
-                } else if !bad && inflate_all {
-                    let n = usize::try_from(len).unwrap_or(usize::MAX);
-                    let input = stream
-                        .get_mut(..n)
-                        .ok_or(Error::BufferTooSmall { need: n, got: 0 })?;
-                    io.read_at(host, input)?;
-                    match inflate(input, &mut cluster) {
-                        Ok(()) => None,
-                        Err(InflateError::Invalid) => Some(CompressedError::Invalid),
-                        Err(InflateError::Short(n)) => Some(CompressedError::Short(n)),
-                    }
-                } else {
-                    None
-                };
-                if let Some(error) = error {
-                    push(
-                        &mut corruptions,
-                        Corruption::Compressed {
-                            reference: r,
-                            error,
-                        },
-                    )?;
-                }
-            } else {
-                if next_contiguous != 0 && host != next_contiguous {
-                    report.fragmented_clusters = report.fragmented_clusters.saturating_add(1);
-                }
-                next_contiguous = host.saturating_add(cs);
+        } else {
+            if self.next_contiguous != 0 && host != self.next_contiguous {
+                self.report.fragmented_clusters = self.report.fragmented_clusters.saturating_add(1);
             }
-            if bad {
-                x.flags |= BAD;
-            }
-            exts.push(x);
+            self.next_contiguous = host.saturating_add(cs);
         }
+        if bad {
+            x.flags |= BAD;
+        }
+        Ok(Some(x))
     }
-    exts.sort_unstable_by_key(Ext::key);
 
-    // Overlaps between sound references, swept in host order: of two overlapping
-    // extents the later one is reported, except that an L2 table is reported rather
-    // than the data it overlaps (repairing moves the reported one). A table that
-    // shares bytes only with reported extents is reported too: a repair writes into
-    // tables before it copies data away, so every table it keeps must share no byte.
+    /// Reads and inflates the compressed stream of `len` bytes at `host`; returns what
+    /// is wrong with it.
+    fn inflate(&mut self, host: u64, len: u64) -> Result<Option<CompressedError>, Error<B::Error>> {
+        let n = usize::try_from(len).unwrap_or(usize::MAX);
+        let input = self
+            .stream
+            .get_mut(..n)
+            .ok_or(Error::BufferTooSmall { need: n, got: 0 })?;
+        self.io.read_at(host, input)?;
+        Ok(match inflate(input, &mut self.cluster) {
+            Ok(()) => None,
+            Err(InflateError::Invalid) => Some(CompressedError::Invalid),
+            Err(InflateError::Short(n)) => Some(CompressedError::Short(n)),
+        })
+    }
+}
+
+/// Records the overlaps between sound references of `exts` (in host order).
+///
+/// Swept in host order: of two overlapping extents the later one is reported, except
+/// that an L2 table is reported rather than the data it overlaps (repairing moves the
+/// reported one). A table that shares bytes only with reported extents is reported
+/// too: a repair writes into tables before it copies data away, so every table it
+/// keeps must share no byte.
+fn overlaps<E>(
+    exts: &[Ext],
+    geo: &Geometry,
+    corruptions: &mut Vec<Corruption>,
+) -> Result<(), Error<E>> {
     let mut kept: Option<Ext> = None;
     // The reported extent reaching furthest.
     let mut reported: Option<Ext> = None;
@@ -720,27 +810,32 @@ pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Er
             reported = Some(moved);
         }
         push(
-            &mut corruptions,
+            corruptions,
             Corruption::Overlap {
-                reference: moved.reference(&geo),
-                other: stays.reference(&geo),
+                reference: moved.reference(geo),
+                other: stays.reference(geo),
             },
         )?
     }
+    Ok(())
+}
 
-    // Leaks: free bytes that are not padding.
+/// Records the leaks (free bytes that are not padding) between the extents of `exts`
+/// (in host order), and where the image could end.
+fn leaks<E>(exts: &[Ext], cs: u64, report: &mut Report) -> Result<(), Error<E>> {
+    let file_len = report.file_len;
     let mut covered = 0u64;
-    for x in &exts {
+    for x in exts {
         if x.host >= file_len {
             continue;
         }
         if x.leaks_before(covered, cs) {
-            leak(&mut report, covered, x.host, cs, file_len)?;
+            leak(report, covered, x.host, cs, file_len)?;
         }
         covered = covered.max(x.span_end().min(file_len));
     }
     if covered < file_len {
-        leak(&mut report, covered, file_len, cs, file_len)?;
+        leak(report, covered, file_len, cs, file_len)?;
     }
     // A sound table not walked (it shares bytes with another table) holds references
     // unknown here, that may reach anywhere in the file: it could not end earlier.
@@ -748,14 +843,7 @@ pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Er
         .iter()
         .any(|x| x.kind == ExtKind::L2Table && x.flags & (BAD | WALKED) == 0);
     report.image_end_offset = if unwalked { file_len } else { covered };
-    report.corruptions = corruptions;
-    Ok(Scan {
-        header,
-        geo,
-        l1,
-        exts,
-        report,
-    })
+    Ok(())
 }
 
 /// Records the leaked range `[a, b)` and the whole clusters in it.

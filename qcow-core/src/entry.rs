@@ -52,7 +52,7 @@ impl L2Entry {
         if self.0 == 0 {
             Cluster::Unallocated
         } else if self.is_compressed() {
-            let shift = 63 - u32::from(g.cluster_bits);
+            let shift = 63 - u32::from(g.cluster_bits());
             Cluster::Compressed {
                 host: self.0 & ((1u64 << shift) - 1),
                 len: (self.0 >> shift) & (g.cluster_size() - 1),
@@ -65,7 +65,7 @@ impl L2Entry {
     /// The entry of a compressed cluster; `None` when `host` or `len` do not fit.
     #[allow(clippy::arithmetic_side_effects)] // cluster_bits is 9..=16: shifts < 64.
     pub fn compressed(g: &Geometry, host: u64, len: u64) -> Option<Self> {
-        let shift = 63 - u32::from(g.cluster_bits);
+        let shift = 63 - u32::from(g.cluster_bits());
         if host >= (1u64 << shift) || len == 0 || len >= g.cluster_size() {
             return None;
         }
@@ -79,17 +79,14 @@ impl L2Entry {
 }
 
 #[cfg(test)]
+// Test code: a failed unwrap is a failed test.
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn compressed_roundtrip() {
-        let g = Geometry {
-            cluster_bits: 16,
-            l2_bits: 13,
-            l1_size: 1,
-            size: 1 << 20,
-        };
+        let g = Geometry::new::<()>(16, 13, 1 << 20).unwrap();
         let e = L2Entry::compressed(&g, 123_456_789, 65535).unwrap_or_default();
         assert_eq!(
             e.decode(&g),

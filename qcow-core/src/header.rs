@@ -87,17 +87,11 @@ impl Header {
         if self.size <= 1 {
             return Err(Error::SizeTooSmall(self.size));
         }
-        if !(9..=16).contains(&self.cluster_bits) {
-            return Err(Error::ClusterBits(self.cluster_bits));
-        }
-        if !(6..=13).contains(&self.l2_bits) {
-            return Err(Error::L2Bits(self.l2_bits));
-        }
+        check_bits(self.cluster_bits, self.l2_bits)?;
         if self.crypt_method > CRYPT_AES {
             return Err(Error::CryptMethod(self.crypt_method));
         }
-        l1_entries(self.size, self.cluster_bits, self.l2_bits)
-            .ok_or(Error::ImageTooLarge(self.size))?;
+        Geometry::new(self.cluster_bits, self.l2_bits, self.size)?;
         if self.backing_file_offset != 0 && self.backing_file_size as usize > MAX_BACKING_NAME {
             return Err(Error::BackingNameTooLong(self.backing_file_size));
         }
@@ -166,14 +160,20 @@ impl Header {
         self.crypt_method == CRYPT_AES
     }
 
-    /// The geometry of a validated header.
+    /// The geometry of the header. Meant for a validated one (every header
+    /// [`Header::decode`] returns, or one [`Header::validate`] accepts): then it is
+    /// [`Geometry::new`] of its fields. Any other header still gets a sound geometry,
+    /// never a panic or an overflow: the bits clamped into range (9..=16, 6..=13) and,
+    /// when the size is too large for them, an empty image (size 0, no L1 entry).
     pub fn geometry(&self) -> Geometry {
-        Geometry {
-            cluster_bits: self.cluster_bits,
-            l2_bits: self.l2_bits,
-            l1_size: l1_entries(self.size, self.cluster_bits, self.l2_bits).unwrap_or(0),
-            size: self.size & !511,
-        }
+        let cluster_bits = self.cluster_bits.clamp(9, 16);
+        let l2_bits = self.l2_bits.clamp(6, 13);
+        Geometry::new::<()>(cluster_bits, l2_bits, self.size).unwrap_or(Geometry {
+            cluster_bits,
+            l2_bits,
+            l1_size: 0,
+            size: 0,
+        })
     }
 
     /// The 48 bytes of this header.
@@ -198,6 +198,17 @@ impl Header {
         }
         b
     }
+}
+
+/// Checks the cluster bits (9..=16) and the L2 bits (6..=13).
+fn check_bits<E>(cluster_bits: u8, l2_bits: u8) -> Result<(), Error<E>> {
+    if !(9..=16).contains(&cluster_bits) {
+        return Err(Error::ClusterBits(cluster_bits));
+    }
+    if !(6..=13).contains(&l2_bits) {
+        return Err(Error::L2Bits(l2_bits));
+    }
+    Ok(())
 }
 
 /// Number of L1 entries for `size` bytes, or `None` when QEMU says "image too large".
@@ -240,22 +251,52 @@ impl Iterator for Pieces {
     }
 }
 
-/// Sizes derived from a validated header. All are small powers of two (cluster ≤ 64 KiB,
-/// L2 table ≤ 64 KiB), so the shifts below cannot overflow.
+/// Sizes derived from a validated header: clusters of 512 bytes to 64 KiB, L2 tables
+/// of 64 to 8192 entries, an L1 table of at most [`MAX_L1_ENTRIES`] covering the
+/// size. Made only by [`Geometry::new`], which checks its values (or
+/// [`Header::geometry`]), so the shifts below cannot overflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
-    /// log2 of the cluster size.
-    pub cluster_bits: u8,
-    /// log2 of the entries per L2 table.
-    pub l2_bits: u8,
-    /// Entries in the L1 table.
-    pub l1_size: u64,
-    /// Virtual size as QEMU sees it (the header's size rounded down to 512).
-    pub size: u64,
+    cluster_bits: u8,
+    l2_bits: u8,
+    l1_size: u64,
+    size: u64,
 }
 
 #[allow(clippy::arithmetic_side_effects)] // bits ≤ 16 and ≤ 13: every shift fits in u64.
 impl Geometry {
+    /// The geometry of an image of `size` bytes as a header stores it, with clusters
+    /// of `2^cluster_bits` bytes and L2 tables of `2^l2_bits` entries, checked as
+    /// [`Header::validate`] checks these fields: [`Error::ClusterBits`] unless
+    /// 9..=16, [`Error::L2Bits`] unless 6..=13, [`Error::ImageTooLarge`] when QEMU
+    /// finds the image too large (more than [`MAX_L1_ENTRIES`] L1 entries). Its
+    /// [`size`](Geometry::size) is `size` rounded down to 512, as QEMU reads it.
+    pub fn new<E>(cluster_bits: u8, l2_bits: u8, size: u64) -> Result<Self, Error<E>> {
+        check_bits(cluster_bits, l2_bits)?;
+        let l1_size = l1_entries(size, cluster_bits, l2_bits).ok_or(Error::ImageTooLarge(size))?;
+        Ok(Geometry {
+            cluster_bits,
+            l2_bits,
+            l1_size,
+            size: size & !511,
+        })
+    }
+    /// log2 of the cluster size (9..=16).
+    pub fn cluster_bits(&self) -> u8 {
+        self.cluster_bits
+    }
+    /// log2 of the entries per L2 table (6..=13).
+    pub fn l2_bits(&self) -> u8 {
+        self.l2_bits
+    }
+    /// Entries in the L1 table.
+    pub fn l1_size(&self) -> u64 {
+        self.l1_size
+    }
+    /// Virtual size as QEMU sees it (the header's size rounded down to 512).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
     /// Bytes per cluster.
     pub fn cluster_size(&self) -> u64 {
         1u64 << self.cluster_bits
@@ -487,8 +528,45 @@ mod tests {
             ..base()
         }
         .geometry();
-        assert_eq!(g.size, 512);
-        assert_eq!(g.l1_size, 1);
+        assert_eq!(g.size(), 512);
+        assert_eq!(g.l1_size(), 1);
         assert_eq!(g.l2_span(), 2 << 20);
+    }
+
+    #[test]
+    fn geometry_is_checked() {
+        let g = Geometry::new::<()>(12, 9, 1000).unwrap();
+        assert_eq!(
+            (g.cluster_bits(), g.l2_bits(), g.l1_size(), g.size()),
+            (12, 9, 1, 512)
+        );
+        assert_eq!(Geometry::new::<()>(8, 9, 1000), Err(Error::ClusterBits(8)));
+        assert_eq!(
+            Geometry::new::<()>(17, 9, 1000),
+            Err(Error::ClusterBits(17))
+        );
+        assert_eq!(Geometry::new::<()>(12, 5, 1000), Err(Error::L2Bits(5)));
+        assert_eq!(Geometry::new::<()>(12, 14, 1000), Err(Error::L2Bits(14)));
+        assert_eq!(
+            Geometry::new::<()>(9, 6, 1 << 52),
+            Err(Error::ImageTooLarge(1 << 52))
+        );
+        // A header validate refuses still has a geometry whose shifts cannot overflow.
+        let g = Header {
+            cluster_bits: 255,
+            l2_bits: 255,
+            ..base()
+        }
+        .geometry();
+        assert_eq!((g.cluster_bits(), g.l2_bits(), g.l1_size()), (16, 13, 1));
+        assert_eq!(g.compressed_offset_limit(), 1 << 47);
+        let g = Header {
+            size: u64::MAX,
+            cluster_bits: 0,
+            ..base()
+        }
+        .geometry();
+        assert_eq!((g.cluster_bits(), g.l1_size(), g.size()), (9, 0, 0));
+        assert_eq!(g.l1_index(u64::MAX), u64::MAX >> 18);
     }
 }

@@ -312,7 +312,7 @@ where
     }
     /// The virtual size as QEMU sees it (the header's size rounded down to 512).
     pub fn size(&self) -> u64 {
-        self.geo.size
+        self.geo.size()
     }
     /// The device's length when last seen.
     pub fn file_len(&self) -> u64 {
@@ -376,13 +376,13 @@ where
     /// The L1 entry for `guest`, with its L2 table checked (0 when unallocated).
     pub(crate) fn l1_entry(&mut self, guest: u64) -> Result<L1Entry, Error<B::Error>> {
         let i = self.geo.l1_index(guest);
-        if i >= self.geo.l1_size {
+        if i >= self.geo.l1_size() {
             return Ok(L1Entry(0));
         }
         let e = L1Entry(self.cache.get(
             &mut self.io,
             self.header.l1_table_offset,
-            self.geo.l1_size,
+            self.geo.l1_size(),
             i,
         )?);
         if let Some(l2) = e.l2_offset() {
@@ -435,7 +435,7 @@ where
             let to_span_end = span.saturating_sub(guest & span.saturating_sub(1));
             let mut len = to_span_end.min(max);
             let mut next = guest.saturating_add(len);
-            while len < max && next < self.geo.size {
+            while len < max && next < self.geo.size() {
                 if !matches!(self.l1_entry(next), Ok(e) if e.l2_offset().is_none()) {
                     break;
                 }
@@ -459,7 +459,7 @@ where
         let span = self.geo.l2_span();
         while len < max {
             let next = guest.saturating_add(len);
-            if next >= self.geo.size {
+            if next >= self.geo.size() {
                 break;
             }
             // An unallocated run reaching an L2 span without a table skips it at once.
@@ -491,11 +491,11 @@ where
     /// Fails unless `[offset, offset + len)` lies inside the virtual size.
     pub(crate) fn check_range(&self, offset: u64, len: u64) -> Result<(), Error<B::Error>> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.geo.size => Ok(()),
+            Some(end) if end <= self.geo.size() => Ok(()),
             _ => Err(Error::OutOfRange {
                 offset,
                 len,
-                size: self.geo.size,
+                size: self.geo.size(),
             }),
         }
     }
@@ -613,10 +613,10 @@ where
 {
     type IoError = B::Error;
     fn size(&self) -> u64 {
-        self.geo.size
+        self.geo.size()
     }
     fn read_layer(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Error<B::Error>> {
-        let (inside, past) = split_at_size(offset, buf, self.geo.size);
+        let (inside, past) = split_at_size(offset, buf, self.geo.size());
         if !inside.is_empty() {
             Image::read_at(self, offset, inside)?;
         }
@@ -624,14 +624,14 @@ where
         Ok(())
     }
     fn status(&mut self, offset: u64, max: u64) -> Result<Status, Error<B::Error>> {
-        if offset >= self.geo.size {
+        if offset >= self.geo.size() {
             return Ok(Status {
                 len: max,
                 depth: 0,
                 kind: StatusKind::Unallocated,
             });
         }
-        let max = max.min(self.geo.size.saturating_sub(offset));
+        let max = max.min(self.geo.size().saturating_sub(offset));
         let (c, len) = self.extent(offset, max)?;
         Ok(match c {
             // Past the end of the backing layer the zeros are this layer's (QEMU

@@ -399,18 +399,34 @@ fn fix_corruptions<B: BlockIo>(
     made: &mut Made,
     actions: &mut Vec<Action>,
 ) -> Result<bool, Error<B::Error>> {
-    // One decision per reference; dropping wins over copying.
-    let mut plan: BTreeMap<(bool, u32, u16, ExtKind), Step> = BTreeMap::new();
-    let mut add = |(x, fix, c): Step| {
+    let plan = plan_fixes(s, deferred, made)?;
+    if plan.0.is_empty() {
+        return Ok(false);
+    }
+    apply_fixes(io, s, plan, made, actions)?;
+    Ok(true)
+}
+
+/// The planned repairs of a round: one decision per reference, tables first.
+struct Plan(BTreeMap<(bool, u32, u16, ExtKind), Step>);
+
+impl Plan {
+    /// Plans a step; dropping wins over copying.
+    fn add(&mut self, (x, fix, c): Step) {
         let key = (x.kind != ExtKind::L2Table, x.l1, x.l2, x.kind);
-        match plan.get_mut(&key) {
+        match self.0.get_mut(&key) {
             Some(p) if fix < p.1 => *p = (x, fix, c),
             Some(_) => {}
             None => {
-                plan.insert(key, (x, fix, c));
+                self.0.insert(key, (x, fix, c));
             }
         }
-    };
+    }
+}
+
+/// Plans the repairs of one round from a scan (see [`fix_corruptions`]).
+fn plan_fixes<E>(s: &Scan, deferred: &mut Vec<Step>, made: &Made) -> Result<Plan, Error<E>> {
+    let mut plan = Plan(BTreeMap::new());
     // A reference reaching past the end of the file the repair started with is past
     // the end, even where copies appended since put bytes under it (it was in a table
     // not walked then): every copy lands there, so only the pointers the repair
@@ -429,7 +445,7 @@ fn fix_corruptions<B: BlockIo>(
                 reference: x.reference(&s.geo),
                 file_len: made.start_len,
             };
-            add((*x, Fix::Drop, c));
+            plan.add((*x, Fix::Drop, c));
         }
     }
     for c in &s.report.corruptions {
@@ -440,13 +456,13 @@ fn fix_corruptions<B: BlockIo>(
             Corruption::Misaligned { .. } | Corruption::Overlap { .. } => Fix::Copy,
             _ => Fix::Drop,
         };
-        add((x, fix, *c));
+        plan.add((x, fix, *c));
     }
     // The drops the last round put off, where the reference is still there: one past
     // the end of the file may point at the tables copied there since.
     for step in core::mem::take(deferred) {
         if s.exts.binary_search_by_key(&step.0.key(), Ext::key).is_ok() {
-            add(step);
+            plan.add(step);
         }
     }
     // While a sound table is not walked (it shares bytes with another table), its
@@ -457,30 +473,38 @@ fn fix_corruptions<B: BlockIo>(
         .exts
         .iter()
         .any(|x| x.kind == ExtKind::L2Table && x.flags & (BAD | WALKED) == 0);
-    if unwalked && plan.values().any(|(x, ..)| x.kind == ExtKind::L2Table) {
+    if unwalked && plan.0.values().any(|(x, ..)| x.kind == ExtKind::L2Table) {
         let entries = plan
+            .0
             .values()
             .filter(|(x, f, _)| x.kind != ExtKind::L2Table && *f == Fix::Drop);
         deferred
             .try_reserve(entries.clone().count())
             .map_err(|_| Error::OutOfMemory)?;
         deferred.extend(entries.copied());
-        plan.retain(|_, (x, ..)| x.kind == ExtKind::L2Table);
+        plan.0.retain(|_, (x, ..)| x.kind == ExtKind::L2Table);
     }
-    if plan.is_empty() {
-        return Ok(false);
-    }
+    Ok(plan)
+}
+
+/// Carries out a non-empty plan (see [`fix_corruptions`]).
+fn apply_fixes<B: BlockIo>(
+    io: &mut B,
+    s: &Scan,
+    plan: Plan,
+    made: &mut Made,
+    actions: &mut Vec<Action>,
+) -> Result<(), Error<B::Error>> {
     let mut dev = Dev::new(io, s)?;
-    let cs = dev.geo.cluster_size();
     // Tables before entries: a misaligned or overlapping table is copied before any
     // entry is zeroed in it, so no write lands on bytes another reference shares.
     // Drops before copies: what is past the end of the file is no longer referenced
     // when copies are appended there.
     let mut steps: Vec<Step> = Vec::new();
     steps
-        .try_reserve(plan.len())
+        .try_reserve(plan.0.len())
         .map_err(|_| Error::OutOfMemory)?;
-    steps.extend(plan.into_values());
+    steps.extend(plan.0.into_values());
     steps.sort_by_key(|(x, f, _)| (x.kind != ExtKind::L2Table, *f, x.l1, x.l2));
     // Four batches (table drops, table copies, entry drops, entry copies), each
     // written, then flushed once; a copy is flushed before its pointer switches.
@@ -494,28 +518,7 @@ fn fix_corruptions<B: BlockIo>(
             .unwrap_or(rest.len());
         let (group, tail) = rest.split_at(n);
         rest = tail;
-        let live =
-            |x: &Ext| x.kind == ExtKind::L2Table || dropped_tables.binary_search(&x.l1).is_err();
-        let mut copies: Vec<(Ext, u64)> = Vec::new();
-        for (x, fix, c) in group.iter().filter(|(x, ..)| live(x)) {
-            if *fix == Fix::Drop {
-                dev.set_pointer(x, 0)?;
-                push(actions, Action::Dropped { corruption: *c })?;
-            } else {
-                let to = dev.append_pos(x.align(cs));
-                dev.copy(x.host, to, u64::from(x.len))?;
-                push(&mut copies, (*x, to))?;
-                push(&mut made.pointers, (x.kind, x.l1, x.l2, to))?;
-                push(actions, Action::Copied { corruption: *c, to })?;
-            }
-        }
-        dev.flush()?;
-        for (x, to) in &copies {
-            dev.set_pointer(x, *to)?;
-        }
-        if !copies.is_empty() {
-            dev.flush()?;
-        }
+        apply_batch(&mut dev, group, &dropped_tables, made, actions)?;
         if phase == (true, Fix::Drop) {
             dropped_tables
                 .try_reserve(group.len())
@@ -524,7 +527,42 @@ fn fix_corruptions<B: BlockIo>(
         }
     }
     made.pointers.sort_unstable();
-    Ok(true)
+    Ok(())
+}
+
+/// Writes one batch of steps (all of one phase), skipping entries of the tables in
+/// `dropped_tables` (sorted), and flushes; then switches the pointers of the copies
+/// and flushes again.
+fn apply_batch<B: BlockIo>(
+    dev: &mut Dev<'_, B>,
+    group: &[Step],
+    dropped_tables: &[u32],
+    made: &mut Made,
+    actions: &mut Vec<Action>,
+) -> Result<(), Error<B::Error>> {
+    let cs = dev.geo.cluster_size();
+    let live = |x: &Ext| x.kind == ExtKind::L2Table || dropped_tables.binary_search(&x.l1).is_err();
+    let mut copies: Vec<(Ext, u64)> = Vec::new();
+    for (x, fix, c) in group.iter().filter(|(x, ..)| live(x)) {
+        if *fix == Fix::Drop {
+            dev.set_pointer(x, 0)?;
+            push(actions, Action::Dropped { corruption: *c })?;
+        } else {
+            let to = dev.append_pos(x.align(cs));
+            dev.copy(x.host, to, u64::from(x.len))?;
+            push(&mut copies, (*x, to))?;
+            push(&mut made.pointers, (x.kind, x.l1, x.l2, to))?;
+            push(actions, Action::Copied { corruption: *c, to })?;
+        }
+    }
+    dev.flush()?;
+    for (x, to) in &copies {
+        dev.set_pointer(x, *to)?;
+    }
+    if !copies.is_empty() {
+        dev.flush()?;
+    }
+    Ok(())
 }
 
 /// Reclaims leaked clusters when the image has no corruption (see the module docs).
@@ -601,68 +639,130 @@ pub fn resize_with_key<B: BlockIo>(
 ) -> Result<Resized, Error<B::Error>> {
     let s = scan(io, false)?;
     require_sound(&s.report)?;
-    let size = new_size
-        .checked_add(511)
-        .ok_or(Error::ImageTooLarge(new_size))?
-        & !511;
-    let old = s.header;
-    let mut new_header = old;
-    new_header.size = size;
-    new_header.validate()?;
-    let old_geo = s.geo;
-    let new_geo = new_header.geometry();
-    if size < old_geo.size && !shrink {
-        return Err(Error::ShrinkRefused {
-            size: old_geo.size,
-            new_size: size,
-        });
-    }
+    let r = Resize::new(&s, new_size, shrink)?;
     let mut out = Resized {
-        old_size: old.size,
-        new_size: size,
-        l1_table_offset: old.l1_table_offset,
+        old_size: r.old.size,
+        new_size: r.size,
+        l1_table_offset: r.old.l1_table_offset,
         l1_moved: false,
         dropped: 0,
         actions: Vec::new(),
     };
-    if size == old.size {
+    if r.size == r.old.size {
         return Ok(out);
     }
-    let cs = old_geo.cluster_size();
-    let shrinking = size < old_geo.size;
-    let limit = size.min(old_geo.size);
     let mut dev = Dev::new(io, &s)?;
-    let exts = &s.exts;
-    if shrinking {
-        dev.header.size = size;
+    if r.shrinking {
+        dev.header.size = r.size;
         dev.write_header()?;
     }
-    // Entries at or past `limit`: past the new end, or stale past the old one.
-    for x in exts {
-        let stale = match x.kind {
-            ExtKind::L2Table => shrinking && u64::from(x.l1) >= new_geo.l1_size,
-            ExtKind::Data | ExtKind::Compressed => {
-                u64::from(x.l1) < new_geo.l1_size && x.reference(&old_geo).guest >= limit
+    out.dropped = r.drop_stale(&mut dev)?;
+    let fresh = r.cut_last_cluster(&mut dev, cipher)?;
+    dev.flush()?;
+    if !r.shrinking {
+        if r.new_geo.l1_size() > r.old_geo.l1_size() {
+            if let Some(to) = r.grow_l1(&mut dev, fresh)? {
+                out.l1_table_offset = to;
+                out.l1_moved = true;
             }
-            _ => false,
-        };
-        if stale {
-            let at = dev
-                .pointer(x)
-                .ok_or(Error::Unsupported("reference in an unallocated table"))?;
-            dev.write(at, &0u64.to_be_bytes())?;
-            out.dropped = out.dropped.saturating_add(1);
         }
+        dev.header.size = r.size;
+        dev.write_header()?;
     }
-    // The part of the last cluster past `limit` reads as zeros once the image grows.
-    let tail = limit & cs.saturating_sub(1);
-    // A plain cluster written at the end of the file (it holds a compressed one).
-    let mut fresh: Option<u64> = None;
-    if tail != 0 && (!old.is_encrypted() || cipher.is_some()) {
+    drop(dev);
+    if r.shrinking || out.l1_moved || out.dropped > 0 || fresh.is_some() {
+        out.actions = reclaim(io)?;
+    }
+    Ok(out)
+}
+
+/// A resize of a sound image, checked, and its steps.
+struct Resize<'s> {
+    /// The image's extents, in host order.
+    exts: &'s [Ext],
+    old: Header,
+    old_geo: Geometry,
+    new_geo: Geometry,
+    /// The new size (rounded up to 512).
+    size: u64,
+    shrinking: bool,
+    /// The smaller of the two sizes: entries at or past it are dropped.
+    limit: u64,
+    cs: u64,
+}
+
+impl<'s> Resize<'s> {
+    /// Checks the request against the image `s` describes.
+    fn new<E>(s: &'s Scan, new_size: u64, shrink: bool) -> Result<Self, Error<E>> {
+        let size = new_size
+            .checked_add(511)
+            .ok_or(Error::ImageTooLarge(new_size))?
+            & !511;
+        let old = s.header;
+        let mut new_header = old;
+        new_header.size = size;
+        new_header.validate()?;
+        let old_geo = s.geo;
+        let new_geo = new_header.geometry();
+        if size < old_geo.size() && !shrink {
+            return Err(Error::ShrinkRefused {
+                size: old_geo.size(),
+                new_size: size,
+            });
+        }
+        Ok(Resize {
+            exts: &s.exts,
+            old,
+            old_geo,
+            new_geo,
+            size,
+            shrinking: size < old_geo.size(),
+            limit: size.min(old_geo.size()),
+            cs: old_geo.cluster_size(),
+        })
+    }
+
+    /// Zeroes the entries at or past `limit` (past the new end, or stale past the old
+    /// one), not flushed; returns how many.
+    fn drop_stale<B: BlockIo>(&self, dev: &mut Dev<'_, B>) -> Result<u64, Error<B::Error>> {
+        let mut dropped = 0u64;
+        for x in self.exts {
+            let stale = match x.kind {
+                ExtKind::L2Table => self.shrinking && u64::from(x.l1) >= self.new_geo.l1_size(),
+                ExtKind::Data | ExtKind::Compressed => {
+                    u64::from(x.l1) < self.new_geo.l1_size()
+                        && x.reference(&self.old_geo).guest >= self.limit
+                }
+                _ => false,
+            };
+            if stale {
+                let at = dev
+                    .pointer(x)
+                    .ok_or(Error::Unsupported("reference in an unallocated table"))?;
+                dev.write(at, &0u64.to_be_bytes())?;
+                dropped = dropped.saturating_add(1);
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Makes the part of the last cluster past `limit` read as zeros once the image
+    /// grows (see [`resize`]); returns where a plain cluster was written at the end of
+    /// the file (it holds a compressed one).
+    fn cut_last_cluster<B: BlockIo>(
+        &self,
+        dev: &mut Dev<'_, B>,
+        cipher: Option<&crate::crypt::Cipher>,
+    ) -> Result<Option<u64>, Error<B::Error>> {
+        let (cs, limit, old) = (self.cs, self.limit, &self.old);
+        let tail = limit & cs.saturating_sub(1);
+        if tail == 0 || (old.is_encrypted() && cipher.is_none()) {
+            return Ok(None);
+        }
         let first = limit.saturating_sub(tail);
-        let last = exts.iter().find(|x| {
+        let last = self.exts.iter().find(|x| {
             matches!(x.kind, ExtKind::Data | ExtKind::Compressed)
-                && x.reference(&old_geo).guest == first
+                && x.reference(&self.old_geo).guest == first
         });
         match (last, cipher.filter(|_| old.is_encrypted())) {
             (Some(x), Some(c)) if x.kind == ExtKind::Data => {
@@ -674,62 +774,61 @@ pub fn resize_with_key<B: BlockIo>(
             (Some(x), None) if x.kind == ExtKind::Data => {
                 dev.write_zeros(x.host.saturating_add(tail), cs.saturating_sub(tail))?;
             }
-            (Some(x), None) if !shrinking => fresh = unpack_cut(&mut dev, x, tail)?,
+            (Some(x), None) if !self.shrinking => return unpack_cut(dev, x, tail),
             _ => {}
         }
+        Ok(None)
     }
-    dev.flush()?;
-    if !shrinking {
-        if new_geo.l1_size > old_geo.l1_size {
-            let l1o = old.l1_table_offset;
-            let grown =
-                l1o.saturating_add(old_geo.l1_bytes())..l1o.saturating_add(new_geo.l1_bytes());
-            let padded_end = l1o.saturating_add(align_up(new_geo.l1_bytes(), 512));
-            let taken = |end: u64| {
-                exts.iter()
-                    .any(|x| x.kind != ExtKind::L1 && x.host < end && grown.start < x.end())
-                    || fresh.is_some_and(|h| h < end && grown.start < h.saturating_add(cs))
-            };
-            if !taken(grown.end) {
-                let end = if taken(padded_end) {
-                    grown.end
-                } else {
-                    padded_end
-                };
-                dev.write_zeros(grown.start, end.saturating_sub(grown.start))?;
-                dev.flush()?;
+
+    /// Grows the L1 table: in place when the space after it is free (not taken by an
+    /// extent or by the plain cluster `fresh`), else as a copy at the end of the file
+    /// that the header (written later) points at; returns where the copy is.
+    fn grow_l1<B: BlockIo>(
+        &self,
+        dev: &mut Dev<'_, B>,
+        fresh: Option<u64>,
+    ) -> Result<Option<u64>, Error<B::Error>> {
+        let l1o = self.old.l1_table_offset;
+        let grown = l1o.saturating_add(self.old_geo.l1_bytes())
+            ..l1o.saturating_add(self.new_geo.l1_bytes());
+        let padded_end = l1o.saturating_add(align_up(self.new_geo.l1_bytes(), 512));
+        let taken = |end: u64| {
+            self.exts
+                .iter()
+                .any(|x| x.kind != ExtKind::L1 && x.host < end && grown.start < x.end())
+                || fresh.is_some_and(|h| h < end && grown.start < h.saturating_add(self.cs))
+        };
+        if !taken(grown.end) {
+            let end = if taken(padded_end) {
+                grown.end
             } else {
-                let to = dev.append_pos(512);
-                let mut at = to;
-                let mut chunk: Vec<u8> = Vec::new();
-                chunk
-                    .try_reserve_exact(CHUNK)
-                    .map_err(|_| Error::OutOfMemory)?;
-                for entries in dev.l1.chunks(CHUNK / 8) {
-                    chunk.clear();
-                    for e in entries {
-                        chunk.extend_from_slice(&e.to_be_bytes());
-                    }
-                    dev.io.write_at(at, &chunk)?;
-                    at = at.saturating_add(chunk.len() as u64);
-                }
-                dev.file_len = dev.file_len.max(at);
-                let end = to.saturating_add(align_up(new_geo.l1_bytes(), 512));
-                dev.write_zeros(at, end.saturating_sub(at))?;
-                dev.flush()?;
-                dev.header.l1_table_offset = to;
-                out.l1_table_offset = to;
-                out.l1_moved = true;
-            }
+                padded_end
+            };
+            dev.write_zeros(grown.start, end.saturating_sub(grown.start))?;
+            dev.flush()?;
+            return Ok(None);
         }
-        dev.header.size = size;
-        dev.write_header()?;
+        let to = dev.append_pos(512);
+        let mut at = to;
+        let mut chunk: Vec<u8> = Vec::new();
+        chunk
+            .try_reserve_exact(CHUNK)
+            .map_err(|_| Error::OutOfMemory)?;
+        for entries in dev.l1.chunks(CHUNK / 8) {
+            chunk.clear();
+            for e in entries {
+                chunk.extend_from_slice(&e.to_be_bytes());
+            }
+            dev.io.write_at(at, &chunk)?;
+            at = at.saturating_add(chunk.len() as u64);
+        }
+        dev.file_len = dev.file_len.max(at);
+        let end = to.saturating_add(align_up(self.new_geo.l1_bytes(), 512));
+        dev.write_zeros(at, end.saturating_sub(at))?;
+        dev.flush()?;
+        dev.header.l1_table_offset = to;
+        Ok(Some(to))
     }
-    drop(dev);
-    if shrinking || out.l1_moved || out.dropped > 0 || fresh.is_some() {
-        out.actions = reclaim(io)?;
-    }
-    Ok(out)
 }
 
 /// Growing past a size that cuts the compressed cluster `x` at `tail` bytes: a stream
@@ -876,7 +975,7 @@ where
         ));
     }
     require_sound(&scan(&mut image.io, false)?.report)?;
-    let size = image.geo.size;
+    let size = image.geo.size();
     let cs = image.geo.cluster_size();
     let mut old = zeroed(image.geo.cluster_len())?;
     let mut new = zeroed(image.geo.cluster_len())?;

@@ -178,12 +178,12 @@ where
         // An L1 entry past the table would land on whatever follows it.
         if let Some(&(guest, _)) = links
             .iter()
-            .find(|(g, _)| self.geo.l1_index(*g) >= self.geo.l1_size)
+            .find(|(g, _)| self.geo.l1_index(*g) >= self.geo.l1_size())
         {
             return Err(Error::OutOfRange {
                 offset: guest,
                 len: 0,
-                size: self.geo.size,
+                size: self.geo.size(),
             });
         }
         // (table offset, first index, entry bytes) of a run of adjacent entries.
@@ -250,7 +250,7 @@ where
 
     /// The guest content of the cluster starting at `start`, as currently read.
     fn current_cluster(&mut self, start: u64, buf: &mut [u8]) -> Result<(), Error<B::Error>> {
-        let visible = usize::try_from(self.geo.size.saturating_sub(start))
+        let visible = usize::try_from(self.geo.size().saturating_sub(start))
             .unwrap_or(usize::MAX)
             .min(buf.len());
         let (inside, past) = buf.split_at_mut(visible);
@@ -348,11 +348,11 @@ where
     pub fn discard(&mut self, offset: u64, len: u64) -> Result<(), Error<B::Error>> {
         let end = offset
             .checked_add(len)
-            .filter(|&e| e <= self.geo.size)
+            .filter(|&e| e <= self.geo.size())
             .ok_or(Error::OutOfRange {
                 offset,
                 len,
-                size: self.geo.size,
+                size: self.geo.size(),
             })?;
         let cs = self.geo.cluster_size();
         let mut unlink: Vec<(u64, L2Entry)> = Vec::new();
@@ -360,7 +360,7 @@ where
         while at < end {
             let in_cl = self.geo.in_cluster(at);
             let n = cs.saturating_sub(in_cl).min(end.saturating_sub(at));
-            let whole = in_cl == 0 && (n == cs || at.saturating_add(n) == self.geo.size);
+            let whole = in_cl == 0 && (n == cs || at.saturating_add(n) == self.geo.size());
             let below_zero = self.backing_reads_zero(at, n)?;
             if whole && below_zero {
                 if let Some(l2) = self.l1_entry(at)?.l2_offset() {
@@ -451,8 +451,8 @@ where
     ) -> Result<(), Error<B::Error>> {
         let cs = self.geo.cluster_len();
         let len = data.len() as u64;
-        let whole =
-            data.len() == cs || (data.len() < cs && offset.checked_add(len) == Some(self.geo.size));
+        let whole = data.len() == cs
+            || (data.len() < cs && offset.checked_add(len) == Some(self.geo.size()));
         if self.geo.in_cluster(offset) != 0 || !whole || self.header.is_encrypted() {
             return self.write_at(offset, data);
         }
@@ -590,14 +590,14 @@ impl<B: BlockIo> Writer<B> {
     /// previous one out first; returns the index of the cluster's entry in it.
     fn table_for(&mut self, cluster: u64) -> Result<usize, Error<B::Error>> {
         let guest = cluster
-            .checked_shl(u32::from(self.geo.cluster_bits))
-            .filter(|g| g >> self.geo.cluster_bits == cluster)
+            .checked_shl(u32::from(self.geo.cluster_bits()))
+            .filter(|g| g >> self.geo.cluster_bits() == cluster)
             .unwrap_or(u64::MAX);
-        if guest >= self.geo.size {
+        if guest >= self.geo.size() {
             return Err(Error::OutOfRange {
                 offset: guest,
                 len: 0,
-                size: self.geo.size,
+                size: self.geo.size(),
             });
         }
         let l1i = self.geo.l1_index(guest);
@@ -633,7 +633,7 @@ impl<B: BlockIo> Writer<B> {
                 d.copy_from_slice(data);
             }
             let sector = cluster
-                .checked_shl(u32::from(self.geo.cluster_bits).saturating_sub(9))
+                .checked_shl(u32::from(self.geo.cluster_bits()).saturating_sub(9))
                 .unwrap_or(0);
             c.encrypt(sector, &mut buf);
             data = &buf;

@@ -145,7 +145,7 @@ impl Layer {
     pub(crate) fn size(&self) -> u64 {
         match &self.kind {
             Kind::Raw { size, .. } => *size,
-            Kind::Qcow(q) => q.geo.size,
+            Kind::Qcow(q) => q.geo.size(),
         }
     }
 

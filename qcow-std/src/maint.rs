@@ -121,7 +121,7 @@ impl Maintenance {
     /// The virtual size (a raw file's length).
     pub fn size(&mut self) -> Result<u64, Error> {
         match &self.header {
-            Some(h) => Ok(h.geometry().size),
+            Some(h) => Ok(h.geometry().size()),
             None => self.io.len().map_err(|e| Error::io(&self.path, e)),
         }
     }

@@ -52,7 +52,7 @@ fn open<B: BlockIo<Error = ErrorKind>>(io: B) -> Img<B> {
 
 /// Writes `(offset, data, compressed)` ops; returns the image and its content.
 fn written(mut io: MemIo, ops: &[(u64, Vec<u8>, bool)]) -> (MemIo, Vec<u8>) {
-    let size = read_header(&mut io).unwrap().geometry().size;
+    let size = read_header(&mut io).unwrap().geometry().size();
     let mut img = open(io);
     let mut model = vec![0u8; size as usize];
     for (at, data, compressed) in ops {

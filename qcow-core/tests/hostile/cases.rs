@@ -469,7 +469,7 @@ pub fn all() -> Vec<Case> {
     // L2 entries: compressed clusters (cluster 1).
     let cc = RefKind::CompressedCluster;
     let comp = |g: &Geometry, host: u64, len: u64| {
-        let shift = 63 - u32::from(g.cluster_bits);
+        let shift = 63 - u32::from(g.cluster_bits());
         (1u64 << 63) | (len << shift) | host
     };
     let (ch, cl) = s.comp;
