@@ -738,6 +738,13 @@ fn mount_rows(rounds: usize, qcow: &str, dir: &Path) -> Result<Vec<Row>, String>
             run(Command::new(&argv[0])
                 .args(&argv[1..])
                 .stdout(std::process::Stdio::null()))?;
+            // qcowmount may return before its file shows (a busy machine): wait for it.
+            for _ in 0..200 {
+                if Path::new(file).exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
         let r = measure(
             &s(&["dd", &format!("if={file}"), "of=/dev/null", "bs=1M"]),
