@@ -3,7 +3,8 @@
 //! ways the maintenance suite damages images by hand (leaks, references past the end,
 //! misaligned, on the header, name or L1 table, shared clusters and tables, tables on
 //! data, streams that do not inflate, entries past the virtual size, flipped table
-//! bytes, a backing name moved into the L1 table's padding or overlapping the table),
+//! bytes, a backing name moved into the L1 table's padding, emptied, or overlapping
+//! the L1 table),
 //! then repaired. Each case goes through the `check` harness: check agrees with the
 //! reader, and after `repair` in either mode every cluster that read before reads the
 //! same, the image checks as the repair reports, no action is listed twice, no move
@@ -274,9 +275,16 @@ fn damage(r: &mut Rng, m: &mut Img) {
                 m.bytes[at] ^= 1 << r.below(8);
             }
         }
-        // The backing name moved into the L1 table's padding (issue 18), or to the end.
+        // The backing name moved into the L1 table's padding (issue 18), or to the end;
+        // or emptied (its offset kept), pointing anywhere in the file.
         13 => {
-            let n = 1 + r.below(12);
+            let n = r.below(13);
+            if n == 0 && r.below(2) == 0 {
+                m.h.backing_file_offset = 48 + r.below(len - 48);
+                m.h.backing_file_size = 0;
+                m.write_header();
+                return;
+            }
             let pad_end = m.h.l1_table_offset + (8 * l1_size).div_ceil(512) * 512;
             let at = if r.below(2) == 0 && metadata_end + n <= pad_end.min(len) {
                 metadata_end + r.below(pad_end.min(len) - metadata_end - n + 1)

@@ -260,7 +260,8 @@ pub struct Report {
     /// The end of the last referenced byte (the L1 table counted with its padding to
     /// 512 bytes), at most the file's length: where the file could end. Equal to the
     /// file's length when its tail does not leak, or when an L2 table sharing bytes
-    /// with another one was not walked (its references are unknown).
+    /// with another one was not walked (its references are unknown). At least the
+    /// offset of an empty backing name (the header needs it inside the file).
     pub image_end_offset: u64,
     /// Guest clusters in the virtual size.
     pub total_clusters: u64,
@@ -494,7 +495,7 @@ impl Meta {
         if let Some(&(region, ..)) = self
             .regions
             .iter()
-            .find(|(_, s, e)| r.host < *e && *s < end)
+            .find(|(_, s, e)| s < e && r.host < *e && *s < end)
         {
             push(
                 out,
@@ -527,7 +528,8 @@ pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Er
         ],
     };
     let mut corruptions = Vec::new();
-    if name.start < l1o.saturating_add(l1_bytes) && l1o < name.end {
+    // An empty name (offset set, length 0) takes no space.
+    if !name.is_empty() && name.start < l1o.saturating_add(l1_bytes) && l1o < name.end {
         push(
             &mut corruptions,
             Corruption::MetadataOverlap {
@@ -573,7 +575,7 @@ pub(crate) fn scan<B: BlockIo>(io: &mut B, inflate_all: bool) -> Result<Scan, Er
     }
     exts.sort_unstable_by_key(Ext::key);
     overlaps(&exts, &geo, &mut corruptions)?;
-    leaks(&exts, meta.cs, &mut report)?;
+    leaks(&exts, &name, meta.cs, &mut report)?;
     report.corruptions = corruptions;
     Ok(Scan {
         header,
@@ -822,7 +824,12 @@ fn overlaps<E>(
 
 /// Records the leaks (free bytes that are not padding) between the extents of `exts`
 /// (in host order), and where the image could end.
-fn leaks<E>(exts: &[Ext], cs: u64, report: &mut Report) -> Result<(), Error<E>> {
+fn leaks<E>(
+    exts: &[Ext],
+    name: &core::ops::Range<u64>,
+    cs: u64,
+    report: &mut Report,
+) -> Result<(), Error<E>> {
     let file_len = report.file_len;
     let mut covered = 0u64;
     for x in exts {
@@ -842,7 +849,14 @@ fn leaks<E>(exts: &[Ext], cs: u64, report: &mut Report) -> Result<(), Error<E>> 
     let unwalked = exts
         .iter()
         .any(|x| x.kind == ExtKind::L2Table && x.flags & (BAD | WALKED) == 0);
-    report.image_end_offset = if unwalked { file_len } else { covered };
+    // An empty backing name takes no space, but the header needs its offset inside
+    // the file.
+    let pinned = if name.is_empty() {
+        covered.max(name.end).min(file_len)
+    } else {
+        covered
+    };
+    report.image_end_offset = if unwalked { file_len } else { pinned };
     Ok(())
 }
 

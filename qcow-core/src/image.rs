@@ -332,7 +332,8 @@ where
     }
 
     fn overlaps_metadata(&self, start: u64, end: u64) -> bool {
-        let hit = |r: Range<u64>| start < r.end && r.start < end;
+        // An empty backing name (offset set, length 0) takes no space, as in QEMU.
+        let hit = |r: Range<u64>| r.start < r.end && start < r.end && r.start < end;
         let l1 = self.header.l1_table_offset;
         hit(0..HEADER_SIZE as u64)
             || hit(l1..l1.saturating_add(self.geo.l1_bytes()))

@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 use super::{Action, Dev, Item};
 use crate::check::{align_up, push, scan, Ext, ExtKind};
 use crate::error::Error;
-use crate::header::Geometry;
+use crate::header::{Geometry, HEADER_SIZE};
 use crate::io::BlockIo;
 
 /// Bytes of extents one batch moves at most.
@@ -437,6 +437,30 @@ fn pack<B: BlockIo>(dev: &mut Dev<'_, B>, p: &mut Packing) -> Result<(), Error<B
     }
 }
 
+/// An empty backing name (offset set, length 0) takes no space, but the header needs
+/// its offset inside the file: one past every extent moves to right after the header
+/// (QEMU reads no byte of it either way), so the file can end with the last extent.
+fn unpin_empty_name<B: BlockIo>(dev: &mut Dev<'_, B>, p: &Packing) -> Result<(), Error<B::Error>> {
+    let Some(r) = dev.header.backing_name_range().filter(|r| r.is_empty()) else {
+        return Ok(());
+    };
+    let home = HEADER_SIZE as u64;
+    if r.start <= home.max(p.covered_end(u64::MAX)) {
+        return Ok(());
+    }
+    let x = Ext {
+        host: r.start,
+        len: 0,
+        l1: 0,
+        l2: 0,
+        kind: ExtKind::Name,
+        flags: 0,
+    };
+    dev.set_pointer(&x, home)?;
+    dev.flush()?;
+    record(dev, &x, home)
+}
+
 /// Drops the leaked tail of the file, as a fresh scan of it sees the file: the file
 /// keeps every byte up to the end of the last extent that starts inside it (the L1
 /// table's padding included).
@@ -468,6 +492,7 @@ pub(super) fn compact<B: BlockIo>(
     if let Some(mut p) = Packing::new(exts, dev.geo.cluster_size()) {
         if fill(dev, &mut p)? {
             pack(dev, &mut p)?;
+            unpin_empty_name(dev, &p)?;
         }
     }
     let mut actions = core::mem::take(&mut dev.actions);

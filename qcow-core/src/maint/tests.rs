@@ -1112,3 +1112,56 @@ fn repair_keeps_what_a_table_not_walked_references() {
     assert!(r.after.is_clean(), "{:?}\n{:?}", r.after, r.actions);
     assert_eq!(content(&io), model);
 }
+
+/// A backing name of length 0 (its offset set) takes no space: nothing overlaps it,
+/// and a repair may put a cluster where it points (found by the `check` fuzz target:
+/// compaction filled a hole there, and check then reported the cluster as overlapping
+/// the name).
+#[test]
+fn an_empty_backing_name_takes_no_space() {
+    let ops: Vec<_> = (0..6u64)
+        .map(|i| (i * 4096, pattern(i as u32 + 200, 4096), false))
+        .collect();
+    let (mut io, mut model) = written(new_image(1 << 20, 12, 9, None), &ops);
+    let t = get(&mut io, 48);
+    let c1 = get(&mut io, t + 8);
+    let mut h = read_header(&mut io).unwrap();
+    h.backing_file_offset = c1 + 1282;
+    h.backing_file_size = 0;
+    io.write_at(0, &h.encode()).unwrap();
+    assert!(check(&mut io).unwrap().is_clean());
+    assert_eq!(content(&io), model);
+    // Cluster 1 dropped: the hole where the name points is filled.
+    put(&mut io, t + 8, 0);
+    model[4096..8192].fill(0);
+    let r = repair(&mut io, RepairMode::Leaks).unwrap();
+    assert!(r.after.is_clean(), "{:?}\n{:?}", r.after, r.actions);
+    assert!(
+        r.actions
+            .iter()
+            .any(|a| matches!(a, Action::Moved { to, .. } if *to == c1)),
+        "{:?}",
+        r.actions
+    );
+    assert_eq!(content(&io), model);
+    // An empty name at the end of the file would keep the file from being cut: it
+    // moves to right after the header.
+    let len = io.0.len() as u64;
+    let mut h = read_header(&mut io).unwrap();
+    h.backing_file_offset = len;
+    io.write_at(0, &h.encode()).unwrap();
+    put(&mut io, t + 8 * 5, 0);
+    model[5 * 4096..6 * 4096].fill(0);
+    assert_eq!(check(&mut io).unwrap().image_end_offset, len);
+    let r = repair(&mut io, RepairMode::Leaks).unwrap();
+    assert!(r.after.is_clean(), "{:?}\n{:?}", r.after, r.actions);
+    assert_eq!(read_header(&mut io).unwrap().backing_file_offset, 48);
+    assert!(r.actions.contains(&Action::Moved {
+        item: Item::BackingName,
+        from: len,
+        to: 48,
+        len: 0
+    }));
+    assert_eq!(io.0.len() as u64, len - 4096, "{:?}", r.actions);
+    assert_eq!(content(&io), model);
+}
