@@ -142,7 +142,8 @@ fn is_extended(kind: u8) -> bool {
     matches!(kind, 0x05 | 0x0F | 0x85)
 }
 
-/// Accepted extents (start → end, bytes), to refuse overlaps in O(log n).
+/// Accepted extents (start → end, bytes), disjoint: every insert is checked with
+/// `overlaps` first, so the extent starting last before `end` is the only candidate.
 #[derive(Default)]
 struct Extents(BTreeMap<u64, u64>);
 
@@ -261,6 +262,14 @@ fn logicals(src: &(impl Source + ?Sized), ext: u64, len: u64, t: &mut Table) {
         if !inside || !src.read(ebr * SECTOR, &mut sector) || sector[510..512] != [0x55, 0xAA] {
             t.warnings.push(format!(
                 "extended partition: no valid EBR at sector {ebr}, stopped"
+            ));
+            return;
+        }
+        // An EBR inside a logical partition already taken would let the next one
+        // overlap it unseen (`Extents` holds disjoint extents only).
+        if seen.overlaps(ebr * SECTOR, (ebr + 1) * SECTOR) {
+            t.warnings.push(format!(
+                "extended partition: the EBR at sector {ebr} lies inside a logical partition, stopped"
             ));
             return;
         }

@@ -96,6 +96,24 @@ fn ebr_loop_is_stopped() {
 }
 
 #[test]
+fn ebr_inside_a_logical_partition_stops_the_chain() {
+    // Found by the partitions fuzz target: the second EBR (sector 1020) lies inside
+    // logical 5 (1010..1030); its logical (1021..1041) overlapped logical 5 unseen.
+    let mut d = disk(4096);
+    slot(&mut d, 0, 0, 0x05, 1000, 64);
+    slot(&mut d, 1000, 0, 0x83, 10, 20);
+    slot(&mut d, 1000, 1, 0x05, 20, 40);
+    slot(&mut d, 1020, 0, 0x83, 1, 20);
+    let t = parse(&d[..]);
+    assert_eq!(t.parts, vec![p(5, 1010, 20)]);
+    assert!(
+        t.warnings.iter().any(|w| w.contains("inside a logical")),
+        "{:?}",
+        t.warnings
+    );
+}
+
+#[test]
 fn long_ebr_chain_is_bounded() {
     let sectors = (MAX_LOGICAL + 10) * 4 + 16;
     let mut d = disk(sectors);

@@ -605,7 +605,9 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let table = render(&rows, rounds);
     println!("{table}");
     // The Python package against pyqcow on the same images (xtask/src/python.rs).
-    crate::python::bench_reads(&[p("in-plain.qcow"), p("in-comp.qcow")], rounds.max(5))?;
+    let python =
+        crate::python::bench_reads(&[p("in-plain.qcow"), p("in-comp.qcow")], rounds.max(5))?;
+    println!("{python}");
     if write {
         let machine = machine();
         let date = String::from_utf8_lossy(
@@ -625,7 +627,10 @@ pub fn bench(args: &[String]) -> Result<(), String> {
              peak RSS of the worst run. The machine is shared and noisy: compare ratios, not \
              seconds. Rows whose notes name a peer column hold that peer (libqcow's pyqcow or \
              `qcowmount`, `cat`, the inflate-only floor) in the qemu-img column. \
-             `results.svg` plots the ratios.\n\n{table}\n"
+             `results.svg` plots the ratios.\n\n{table}\n\
+             The Python package (`qcow.open`) against libqcow's pyqcow, whole-image reads \
+             in 1 MiB chunks, alternately in the same run (qcow-python/bench/read_bench.py; \
+             targets: 3× plain, 2× compressed):\n\n{python}\n"
         );
         std::fs::write(root.join("benches/RESULTS.md"), md).map_err(|e| e.to_string())?;
         std::fs::write(root.join("benches/results.svg"), svg(&rows)).map_err(|e| e.to_string())?;

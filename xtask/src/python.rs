@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{no_args, root, run};
+use crate::{no_args, root, run, stdout_of};
 
 /// Debian's interpreter (not a pyenv shim: python3-libqcow lives in its dist-packages).
 const SYSTEM_PYTHON: &str = "/usr/bin/python3";
@@ -83,8 +83,8 @@ pub fn python_test(args: &[String]) -> Result<(), String> {
 }
 
 /// Whole-image reads in 1 MiB chunks, qcow and pyqcow alternately (`rounds` each), on
-/// `images`; prints the medians and ratios (pyqcow time / ours).
-pub fn bench_reads(images: &[PathBuf], rounds: usize) -> Result<(), String> {
+/// `images`: the medians and ratios (pyqcow time / ours) as a Markdown table.
+pub fn bench_reads(images: &[PathBuf], rounds: usize) -> Result<String, String> {
     let py = venv()?;
     let mut cmd = Command::new(&py);
     cmd.arg(root().join("qcow-python/bench/read_bench.py"))
@@ -92,7 +92,7 @@ pub fn bench_reads(images: &[PathBuf], rounds: usize) -> Result<(), String> {
     for i in images {
         cmd.arg(i);
     }
-    run(&mut cmd)
+    stdout_of(&mut cmd)
 }
 
 /// `cargo xtask python-bench [--rounds N]`: [`bench_reads`] on the plain and compressed
@@ -112,5 +112,6 @@ pub fn python_bench(args: &[String]) -> Result<(), String> {
     if imgs.iter().any(|p| !p.exists()) {
         return Err("the bench images are missing: run `cargo xtask bench` first".into());
     }
-    bench_reads(&imgs, rounds)
+    println!("{}", bench_reads(&imgs, rounds)?);
+    Ok(())
 }
