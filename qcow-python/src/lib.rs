@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod handle;
+mod pool;
 mod source;
 mod verbs;
 

@@ -4,6 +4,7 @@ import io
 import os
 import shutil
 import threading
+import time
 
 import pytest
 
@@ -173,3 +174,56 @@ def test_docs():
     here = os.path.dirname(qcow.__file__)
     assert os.path.exists(os.path.join(here, "py.typed"))
     assert os.path.exists(os.path.join(here, "__init__.pyi"))
+
+
+def test_large_reads_split_over_threads_equal_qemu(images):
+    # Reads of 2 MiB and more are split between the caller and the reader pool;
+    # odd offsets and lengths put part edges inside clusters and past the tail.
+    for kind in ["plain", "compressed", "encrypted", "c512", "c65536"]:
+        path, pw, data = images[kind]
+        with qcow.open(path, password=pw) as img:
+            for off, n in [(0, img.size), (1, img.size - 1), (12345, 2 << 20),
+                           (img.size - (2 << 20) - 7, 3 << 20)]:
+                assert img.read_at(off, n) == data[off:off + n], (kind, off, n)
+
+
+def test_large_reads_from_many_threads_agree(images):
+    path, _, data = images["compressed"]
+    with qcow.open(path) as img:
+        got = [None] * 6
+
+        def work(i):
+            got[i] = [img.read_at(i * 4096, img.size) for _ in range(5)]
+
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        for i, reads in enumerate(got):
+            assert all(r == data[i * 4096:] for r in reads), i
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_forked_child_reads_with_its_own_pool(images):
+    # The parent's reader threads do not exist in a forked child (multiprocessing's
+    # default on Linux): the child must make its own, not wait on the parent's.
+    path, _, data = images["compressed"]
+    img = qcow.open(path)
+    assert img.read_at(0, img.size) == data  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:
+        ok = img.read_at(0, img.size) == data and qcow.open(path).read_at(1, 3 << 19) == data[1:1 + (3 << 19)]
+        os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung reading")
+        time.sleep(0.05)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    img.close()
