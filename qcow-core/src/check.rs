@@ -887,11 +887,4 @@ fn leak<E>(report: &mut Report, a: u64, b: u64, cs: u64, file_len: u64) -> Resul
 }
 
 #[cfg(test)]
-// Test code: a failed unwrap or index is a failed test; the values are small and known.
-#[allow(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::panic
-)]
 mod tests;

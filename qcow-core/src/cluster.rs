@@ -209,12 +209,6 @@ mod deflate {
 }
 
 #[cfg(all(test, feature = "alloc"))]
-// Test code: a failed unwrap or index is a failed test; the values are small and known.
-#[allow(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
 mod tests {
     use super::*;
 

@@ -79,8 +79,6 @@ impl L2Entry {
 }
 
 #[cfg(test)]
-// Test code: a failed unwrap is a failed test.
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

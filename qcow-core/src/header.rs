@@ -350,8 +350,6 @@ impl Geometry {
 }
 
 #[cfg(test)]
-// Test code: a failed unwrap or index is a failed test; the values are small and known.
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -40,6 +40,18 @@
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// The unit-test modules: a failed unwrap or index is a failed test, and their values are
+// small and known. The library itself is still linted without this: clippy
+// --all-targets checks the non-test build too.
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::panic
+    )
+)]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
@@ -56,6 +68,8 @@ pub mod image;
 pub mod io;
 #[cfg(feature = "alloc")]
 pub mod maint;
+#[cfg(all(test, feature = "alloc"))]
+mod testutil;
 #[cfg(feature = "alloc")]
 pub mod write;
 

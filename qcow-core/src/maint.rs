@@ -1017,11 +1017,4 @@ where
 }
 
 #[cfg(test)]
-// Test code: a failed unwrap or index is a failed test; the values are small and known.
-#[allow(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::panic
-)]
 mod tests;

@@ -3,6 +3,7 @@
 
 extern crate std;
 
+use crate::testutil::{get, put};
 use std::vec;
 use std::vec::Vec;
 
@@ -70,16 +71,6 @@ fn base() -> (MemIo, Vec<u8>) {
 
 fn header(io: &mut MemIo) -> Header {
     read_header(io).unwrap()
-}
-
-fn get(io: &mut MemIo, at: u64) -> u64 {
-    let mut b = [0u8; 8];
-    io.read_at(at, &mut b).unwrap();
-    u64::from_be_bytes(b)
-}
-
-fn put(io: &mut MemIo, at: u64, v: u64) {
-    io.write_at(at, &v.to_be_bytes()).unwrap();
 }
 
 fn l1_at(io: &mut MemIo, i: u64) -> u64 {

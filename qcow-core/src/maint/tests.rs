@@ -5,6 +5,7 @@
 
 extern crate std;
 
+use crate::testutil::{get, put};
 use std::format;
 use std::vec;
 use std::vec::Vec;
@@ -838,17 +839,6 @@ fn faults_repair_packing_dead_streams() {
             judge(io, &[&model], none, what);
         },
     );
-}
-
-/// The big-endian u64 at `at`.
-fn get(io: &mut MemIo, at: u64) -> u64 {
-    let mut b = [0u8; 8];
-    io.read_at(at, &mut b).unwrap();
-    u64::from_be_bytes(b)
-}
-
-fn put(io: &mut MemIo, at: u64, v: u64) {
-    io.write_at(at, &v.to_be_bytes()).unwrap();
 }
 
 /// Guest cluster `cl` (4 KiB) as the image reads it.
