@@ -321,8 +321,8 @@ fn hostile_tables_show_disk_alone_or_the_valid_entries() {
     slot(4096, 1, 0x05, 0, 1); // relative 0 would be itself: ends the chain
     slot(4096, 1, 0x05, 1, 1);
     slot(4097, 0, 0, 0, 0);
-    slot(4097, 1, 0x05, 0x10, 1);
-    slot(4112, 1, 0x05, 1, 1); // back to 4097: a loop
+    slot(4097, 1, 0x05, 0x80, 1); // 4224: past p5 (4112..4212)
+    slot(4224, 1, 0x05, 1, 1); // back to 4097: a loop
     write(&raw, &data);
     let q = d.join("lies.qcow");
     qemu_img_ok(&[&"convert", &"-O", &"qcow", &raw, &q]);
