@@ -17,8 +17,6 @@ use qcow_std::Disk;
 const TTL: Duration = Duration::from_secs(1);
 /// The largest request we serve at once (the kernel sends at most 1 MiB here).
 const MAX_IO: u32 = 1 << 20;
-/// Requests at least this long are split over threads.
-const SPLIT_MIN: usize = 256 << 10;
 /// Root directory inode.
 const ROOT: u64 = 1;
 
@@ -41,8 +39,6 @@ pub struct DiskFs {
     writable: bool,
     uid: u32,
     gid: u32,
-    /// How many threads one large read uses.
-    split: usize,
 }
 
 thread_local! {
@@ -72,7 +68,6 @@ impl DiskFs {
             writable,
             uid,
             gid,
-            split: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }
 
@@ -120,36 +115,6 @@ impl DiskFs {
         let f = self.file(ino).ok_or(Errno::ENOENT)?;
         let n = f.len.saturating_sub(offset).min(len);
         Ok((f.start.saturating_add(offset), n))
-    }
-
-    /// Reads `buf` at `at`; a large request is split over up to 4 threads, so that
-    /// one reader's inflate and decrypt work runs on several cores (`Disk` reads take
-    /// no lock across I/O).
-    fn read_parallel(&self, at: u64, buf: &mut [u8]) -> Result<(), qcow_std::Error> {
-        if buf.len() < SPLIT_MIN || self.split < 2 {
-            return self.disk.read_at(at, buf);
-        }
-        let part = buf.len().div_ceil(self.split).next_multiple_of(4096);
-        std::thread::scope(|s| {
-            let mut jobs = Vec::new();
-            let mut chunks = buf.chunks_mut(part).enumerate();
-            let first = chunks.next();
-            for (i, c) in chunks {
-                let off = at + (i * part) as u64;
-                jobs.push(s.spawn(move || self.disk.read_at(off, c)));
-            }
-            let mut r = first.map_or(Ok(()), |(_, c)| self.disk.read_at(at, c));
-            for j in jobs {
-                let jr = j.join().unwrap_or_else(|_| {
-                    Err(qcow_std::Error::image(
-                        self.disk.path(),
-                        qcow_core::Error::Io(std::io::Error::other("reader thread failed")),
-                    ))
-                });
-                r = r.and(jr);
-            }
-            r
-        })
     }
 
     fn seek(&self, ino: INodeNo, offset: i64, whence: i32) -> Result<i64, Errno> {
@@ -292,7 +257,7 @@ impl Filesystem for DiskFs {
         BUF.with_borrow_mut(|buf| {
             // n <= MAX_IO.
             buf.resize(n as usize, 0);
-            match self.read_parallel(at, buf) {
+            match self.disk.read_at(at, buf) {
                 Ok(()) => reply.data(buf),
                 Err(e) => reply.error(errno(e)),
             }
