@@ -42,12 +42,18 @@ const RUN_GAP: u64 = 4096;
 /// `Send + Sync`; clones share the opened chain (each clone has its own cursor for
 /// `Read`/`Write`/`Seek`). Positional [`Disk::read_at`]/[`Disk::write_at`] take `&self`.
 ///
-/// ```no_run
+/// ```
+/// # let dir = std::env::temp_dir().join(format!("qcow-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # std::env::set_current_dir(&dir)?;  // a fresh image where the example looks
+/// # let opts = qcow_std::qcow_core::write::CreateOptions::new(4 << 20);
+/// # qcow_std::create::create("disk.qcow".as_ref(), &opts)?;
 /// let disk = qcow_std::Disk::open("disk.qcow")?;
 /// let mut mbr = [0u8; 512];
 /// disk.read_at(0, &mut mbr)?;
 /// println!("{} bytes, boot signature {:02x?}", disk.size(), &mbr[510..]);
-/// # Ok::<(), qcow_std::Error>(())
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
 pub struct Disk {

@@ -7,7 +7,12 @@
 //! [`convert`] copies between raw and qcow images, [`commit`] merges an overlay into
 //! its backing file, [`maint`] checks, repairs, resizes and rebases.
 //!
-//! ```no_run
+//! ```
+//! # let dir = std::env::temp_dir().join(format!("qcow-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # std::env::set_current_dir(&dir)?;  // a fresh image where the example looks
+//! # let opts = qcow_std::qcow_core::write::CreateOptions::new(4 << 20);
+//! # qcow_std::create::create("disk.qcow".as_ref(), &opts)?;
 //! use std::io::Read;
 //! let mut disk = qcow_std::Disk::open("disk.qcow")?;
 //! let mut first_sector = [0u8; 512];
@@ -15,6 +20,7 @@
 //! disk.read_at(1 << 20, &mut first_sector)?;           // positional, &self
 //! let layers = disk.layers();                          // the chain, top first
 //! println!("{} layers, {} bytes", layers.len(), disk.size());
+//! # std::fs::remove_dir_all(&dir)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

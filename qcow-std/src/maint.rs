@@ -4,14 +4,20 @@
 //! `&mut self` everywhere, nothing else of this process has the file open through
 //! it). Rebasing with content, which needs the chains, is [`crate::Disk::rebase`].
 //!
-//! ```no_run
+//! ```
+//! # let dir = std::env::temp_dir().join(format!("qcow-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # std::env::set_current_dir(&dir)?;  // a fresh image where the example looks
+//! # let opts = qcow_std::qcow_core::write::CreateOptions::new(4 << 20);
+//! # qcow_std::create::create("disk.qcow".as_ref(), &opts)?;
 //! use qcow_std::maint::{Maintenance, RepairMode};
 //! let mut m = Maintenance::open("disk.qcow", true)?;
 //! if !m.check()?.is_clean() {
 //!     let r = m.repair(RepairMode::All)?;
 //!     println!("{} corruptions fixed", r.corruptions_fixed());
 //! }
-//! # Ok::<(), qcow_std::Error>(())
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::fs::OpenOptions as FsOpen;

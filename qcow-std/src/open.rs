@@ -59,11 +59,17 @@ impl std::fmt::Display for Format {
 
 /// How to open a [`Disk`]: a builder, as [`std::fs::OpenOptions`].
 ///
-/// ```no_run
+/// ```
+/// # let dir = std::env::temp_dir().join(format!("qcow-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # std::env::set_current_dir(&dir)?;  // a fresh image where the example looks
+/// # let opts = qcow_std::qcow_core::write::CreateOptions::new(4 << 20);
+/// # qcow_std::create::create("disk.qcow".as_ref(), &opts)?;
 /// let disk = qcow_std::Disk::options().writable(true).open("disk.qcow")?;
 /// disk.write_at(0, b"hello")?;
 /// disk.flush()?;
-/// # Ok::<(), qcow_std::Error>(())
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
 pub struct DiskOptions {
