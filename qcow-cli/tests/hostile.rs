@@ -287,3 +287,51 @@ fn many_extents_from_a_small_file() {
     // Every L1 entry after the first names a table already named: corruptions.
     assert_eq!(verb(&["check", f], b"", d, &[0, 2, 3]), 2);
 }
+
+/// A FIFO or a socket named as the image itself: opening a FIFO waits for a writer
+/// forever (`qemu-img info FIFO` hangs), and neither can be read at offsets. Every verb
+/// refuses both at once, in one line.
+#[test]
+fn a_fifo_or_socket_as_the_image_is_refused_without_hanging() {
+    let (dir, valid) = setup();
+    let d = dir.path();
+    let fifo = d.join("image.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let sock = d.join("image.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    for (file, what) in [(&fifo, "FIFO"), (&sock, "socket")] {
+        let f = file.to_str().unwrap();
+        for args in [
+            vec!["info", f],
+            vec!["info", "-f", "raw", f],
+            vec!["read", f, "0", "1"],
+            vec!["map", f],
+            vec!["check", f],
+            vec!["convert", "-O", "raw", f, "out.raw"],
+            vec!["compare", f, valid.to_str().unwrap()],
+            vec!["resize", f, "2M"],
+            vec!["commit", f],
+            vec!["nbd", "-r", "-k", "x.sock", f],
+            vec!["mount", f, "."],
+        ] {
+            let r = qcow(&args, b"", d, LIMIT_KB);
+            let want = if args[0] == "compare" { 2 } else { 1 };
+            assert_eq!(r.code, want, "{what}: {args:?}: {}", r.stderr);
+            // open(2) of a socket fails by itself (ENXIO); a FIFO is caught by us.
+            let why = if what == "FIFO" {
+                "FIFO or socket is not a disk image"
+            } else {
+                "No such device or address"
+            };
+            assert!(
+                r.stderr.starts_with(&format!("qcow: {f}: ")) && r.stderr.contains(why),
+                "{what}: {args:?}: {}",
+                r.stderr
+            );
+        }
+    }
+}

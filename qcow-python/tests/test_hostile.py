@@ -178,3 +178,14 @@ def test_interpreter_survives_threads_and_close(images):
         t.join()
     assert img.closed
     assert os.path.exists(path)
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path):
+    # Opening a FIFO waits for a writer forever; it is refused at once instead.
+    fifo = str(tmp_path / "image.fifo")
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="FIFO or socket is not a disk image"):
+        qcow.open(fifo)
+    f = ours.file()
+    with pytest.raises(OSError):
+        f.open(fifo)

@@ -79,6 +79,31 @@ pub(crate) fn name_path(bytes: &[u8]) -> std::path::PathBuf {
     std::path::PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
 }
 
+/// Opens an image file (read-only or read-write) without blocking on a FIFO: a FIFO or
+/// a socket cannot be read at offsets, and opening a FIFO waits for a writer forever
+/// (`qemu-img info FIFO` hangs), so both are refused at once. Anything else (a regular
+/// file, a block device, even a directory, which then fails its first read) opens as
+/// `open(2)` would.
+pub fn open_image(path: &std::path::Path, writable: bool) -> io::Result<File> {
+    use rustix::fs::OFlags;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    let t = file.metadata()?.file_type();
+    if t.is_fifo() || t.is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a FIFO or socket is not a disk image (it cannot be read at offsets)",
+        ));
+    }
+    let flags = rustix::fs::fcntl_getfl(&file)?;
+    rustix::fs::fcntl_setfl(&file, flags.difference(OFlags::NONBLOCK))?;
+    Ok(file)
+}
+
 /// A backing file, named by bytes of an image, must be a regular file or a block
 /// device: opening a FIFO would block forever, and a character device or a directory
 /// is no disk. (The top image is whatever the caller names.)

@@ -20,7 +20,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::fs::OpenOptions as FsOpen;
 use std::path::{Path, PathBuf};
 
 pub use qcow_core::check::Report;
@@ -101,11 +100,7 @@ impl Maintenance {
             Some(f) => f,
             None => crate::probe(&path)?,
         };
-        let file = FsOpen::new()
-            .read(true)
-            .write(writable)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = crate::file::open_image(&path, writable).map_err(|e| Error::io(&path, e))?;
         let mut io = FileIo::new(file);
         let header = match format {
             Format::Qcow => {

@@ -1,7 +1,7 @@
 //! Opening images: format probing and backing chain resolution.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions as FsOpen};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -146,11 +146,7 @@ impl DiskOptions {
     /// Opens the image at `path` and, iteratively, its backing chain.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<Disk, Error> {
         let path = path.as_ref();
-        let file = FsOpen::new()
-            .read(true)
-            .write(self.writable)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
+        let file = crate::file::open_image(path, self.writable).map_err(|e| Error::io(path, e))?;
         self.open_storage(Arc::new(file), path)
     }
     /// Opens an image on any [`Storage`] (a file, a [`crate::ReadSeek`] source, ...);
@@ -286,7 +282,7 @@ fn open_backing(overlay: &Path, path: &Path) -> Result<Arc<dyn Storage>, Error> 
 /// A file's format from its signature: qcow version 1, or raw; another image format's
 /// signature is [`Error::ForeignFormat`] (see [`mod@crate::probe`]).
 pub fn probe(path: &Path) -> Result<Format, Error> {
-    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = crate::file::open_image(path, false).map_err(|e| Error::io(path, e))?;
     probe_io(&mut crate::file::FileIo::new(f), path)
 }
 
