@@ -189,3 +189,23 @@ def test_a_fifo_is_refused_not_waited_on(tmp_path):
     f = ours.file()
     with pytest.raises(OSError):
         f.open(fifo)
+
+
+def test_bytes_and_pathlike_paths(images):
+    import pathlib
+
+    path, _, data = images["plain"]
+    for p in [path, path.encode(), pathlib.Path(path)]:
+        with qcow.open(p) as img:
+            assert img.read_at(0, 4096) == data[:4096]
+        f = ours.file()
+        f.open(p)
+        assert f.read_buffer_at_offset(4096, 0) == data[:4096]
+        f.close()
+        assert ours.check_file_signature(p)
+
+
+def test_signature_of_a_fifo_is_false_not_a_hang(tmp_path):
+    fifo = str(tmp_path / "sig.fifo")
+    os.mkfifo(fifo)
+    assert ours.check_file_signature(fifo) is False

@@ -221,7 +221,7 @@ def open(path, mode="rb", *, password=None, format=None):  # noqa: A001
         raise ValueError("mode must be 'rb' or 'r+b', not %r" % (mode,))
     import os
 
-    path = os.fspath(path)
+    path = os.fsdecode(path)  # str, bytes or os.PathLike, as open() takes
     h = _qcow.Handle.open(path, "+" in mode, password, format)
     if h.encrypted and password is None:
         h.close()

@@ -47,8 +47,13 @@ def check_file_signature(filename):
     """check_file_signature(filename) -> Boolean
 
     Checks if a file has a QEMU Copy-On-Write (QCOW) image file signature."""
-    with _os.fdopen(_os.open(_os.fspath(filename), _os.O_RDONLY), "rb") as f:
-        return f.read(4) == _SIGNATURE
+    # O_NONBLOCK: a FIFO (no writer) reads as empty instead of blocking the open.
+    fd = _os.open(_os.fsdecode(filename), _os.O_RDONLY | _os.O_NONBLOCK)
+    with _os.fdopen(fd, "rb") as f:
+        try:
+            return f.read(4) == _SIGNATURE
+        except BlockingIOError:
+            return False
 
 
 def check_file_signature_file_object(file_object):
@@ -114,7 +119,7 @@ class file(object):  # noqa: N801 (pyqcow's name)
         _mode(mode, "open")
         if self._h is not None:
             raise OSError("pyqcow_file_open: unable to open file: already open.")
-        path = _os.fspath(filename)
+        path = _os.fsdecode(filename)
         self._h = _qcow.Handle.open(path, False, self._password, "qcow", False)
         self._offset = 0
 
