@@ -3,6 +3,20 @@
 //! [`parts`] reads the partition table (a pure function over bytes); [`fs`] is the FUSE
 //! file system over a [`qcow_std::Disk`]; [`mount`] puts them together and returns once
 //! the kernel has the mount, [`Mounted::run`] serves until it is unmounted.
+//!
+//! The partition table of a disk (here hand-made bytes; [`table`] reads a [`Disk`]'s):
+//!
+//! ```
+//! let mut disk = vec![0u8; 4 << 20];
+//! disk[446 + 4] = 0x83;                                              // Linux
+//! disk[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());   // first sector
+//! disk[446 + 12..446 + 16].copy_from_slice(&1000u32.to_le_bytes());  // sectors
+//! disk[510..512].copy_from_slice(&[0x55, 0xAA]);
+//! let t = qcow_mount::parse(&disk[..]);
+//! assert_eq!(t.kind, qcow_mount::Kind::Mbr);
+//! assert_eq!((t.parts[0].number, t.parts[0].start, t.parts[0].len), (1, 2048 * 512, 1000 * 512));
+//! // Then: qcow_mount::mount(disk, files, dir, &options)?.run() (needs /dev/fuse).
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod fs;
