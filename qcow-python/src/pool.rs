@@ -42,7 +42,7 @@ fn spare(len: usize) -> Vec<u8> {
 
 fn give_back(buf: Vec<u8>) {
     if let Ok(mut s) = SPARES.try_lock() {
-        if s.len() < 8 {
+        if s.len() < 8 && buf.len() <= PART_MAX {
             s.push(buf);
         }
     }
@@ -107,6 +107,10 @@ fn workers(n: usize) -> Vec<Sender<Job>> {
     pool.as_ref().map(|p| p.workers.clone()).unwrap_or_default()
 }
 
+/// The most one part holds: a huge read goes window after window, so the spare
+/// buffers kept stay small whatever a caller asks for.
+const PART_MAX: usize = 8 << 20;
+
 /// Reads `buf` at `offset` (inside the disk) on this thread and up to `helpers` pool
 /// threads, each part into its own buffer then copied here.
 pub fn read_split(disk: &Disk, offset: u64, buf: &mut [u8], helpers: usize) -> Result<(), Error> {
@@ -114,6 +118,22 @@ pub fn read_split(disk: &Disk, offset: u64, buf: &mut [u8], helpers: usize) -> R
     if workers.is_empty() {
         return disk.read_at(offset, buf);
     }
+    let window = PART_MAX.saturating_mul(workers.len().saturating_add(1));
+    let mut at = offset;
+    for w in buf.chunks_mut(window) {
+        read_window(disk, at, w, &workers)?;
+        at = at.saturating_add(w.len() as u64);
+    }
+    Ok(())
+}
+
+/// One window of [`read_split`]: a part here, one on each worker.
+fn read_window(
+    disk: &Disk,
+    offset: u64,
+    buf: &mut [u8],
+    workers: &[Sender<Job>],
+) -> Result<(), Error> {
     let part = buf
         .len()
         .div_ceil(workers.len().saturating_add(1))
@@ -122,7 +142,7 @@ pub fn read_split(disk: &Disk, offset: u64, buf: &mut [u8], helpers: usize) -> R
     let mut parts: Vec<&mut [u8]> = rest.chunks_mut(part).collect();
     let (done, replies) = channel::<Done>();
     let mut pending = 0usize;
-    for (index, (chunk, worker)) in parts.iter_mut().zip(&workers).enumerate() {
+    for (index, (chunk, worker)) in parts.iter_mut().zip(workers).enumerate() {
         let at = offset.saturating_add(part.saturating_mul(index.saturating_add(1)) as u64);
         let job = Job {
             disk: disk.clone(),

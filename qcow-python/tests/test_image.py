@@ -227,3 +227,26 @@ def test_forked_child_reads_with_its_own_pool(images):
         time.sleep(0.05)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     img.close()
+
+
+def test_a_huge_read_goes_window_by_window(tmp_path):
+    # A read larger than the pool's windows (8 MiB a part): every window edge inside
+    # the data, compressed clusters on both sides of each.
+    import random
+    from conftest import as_raw
+
+    size = 40 << 20
+    rnd = random.Random(7)
+    data = bytearray(size)
+    for at in range(0, size, 3 << 20):
+        n = min(1 << 20, size - at)
+        data[at:at + n] = bytes(rnd.getrandbits(8) for _ in range(4096)) * (n // 4096)
+    src = tmp_path / "big.raw"
+    src.write_bytes(bytes(data))
+    img = tmp_path / "big.qcow"
+    qemu_img("convert", "-c", "-O", "qcow", src, img)
+    want = as_raw(str(img), str(tmp_path))
+    assert want == bytes(data)
+    with qcow.open(str(img)) as q:
+        assert q.read_at(0, size) == want
+        assert q.read_at(4095, size - 8191) == want[4095:size - 4096]
