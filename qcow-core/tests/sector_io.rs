@@ -93,30 +93,44 @@ impl<D: SectorDevice> ErrorType for SectorIo<D> {
     type Error = SectorError<D::Error>;
 }
 
+/// The pieces of `[offset, offset + len)` as `(lba, skew, done, n)`: `n` bytes at
+/// `skew` in sector `lba`, `done` bytes into the range; a piece with `skew == 0` and
+/// `n` a multiple of [`SECTOR`] is whole sectors, any other lies inside one sector.
+fn pieces(offset: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize, usize)> {
+    let mut done = 0;
+    std::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let at = offset + done as u64;
+        let (lba, skew) = (at / SECTOR as u64, (at % SECTOR as u64) as usize);
+        let rest = len - done;
+        let n = if skew == 0 && rest >= SECTOR {
+            rest - rest % SECTOR
+        } else {
+            (SECTOR - skew).min(rest)
+        };
+        let piece = (lba, skew, done, n);
+        done += n;
+        Some(piece)
+    })
+}
+
 impl<D: SectorDevice> BlockIo for SectorIo<D> {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Self::Error> {
         self.end(offset, buf.len())?;
-        let mut done = 0;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            let (lba, skew) = (at / SECTOR as u64, (at % SECTOR as u64) as usize);
-            let rest = &mut buf[done..];
-            if skew == 0 && rest.len() >= SECTOR {
+        for (lba, skew, done, n) in pieces(offset, buf.len()) {
+            let part = &mut buf[done..done + n];
+            if skew == 0 && n % SECTOR == 0 {
                 // Aligned: whole sectors straight into the caller's buffer.
-                let n = rest.len() - rest.len() % SECTOR;
-                self.dev
-                    .read(lba, &mut rest[..n])
-                    .map_err(SectorError::Device)?;
-                done += n;
+                self.dev.read(lba, part).map_err(SectorError::Device)?;
             } else {
                 // Unaligned head or short tail: read the sector, copy our part.
                 let mut sector = [0u8; SECTOR];
                 self.dev
                     .read(lba, &mut sector)
                     .map_err(SectorError::Device)?;
-                let n = (SECTOR - skew).min(rest.len());
-                rest[..n].copy_from_slice(&sector[skew..skew + n]);
-                done += n;
+                part.copy_from_slice(&sector[skew..skew + n]);
             }
         }
         Ok(())
@@ -124,27 +138,18 @@ impl<D: SectorDevice> BlockIo for SectorIo<D> {
 
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<(), Self::Error> {
         let end = self.end(offset, buf.len())?;
-        let mut done = 0;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            let (lba, skew) = (at / SECTOR as u64, (at % SECTOR as u64) as usize);
-            let rest = &buf[done..];
-            if skew == 0 && rest.len() >= SECTOR {
-                let n = rest.len() - rest.len() % SECTOR;
-                self.dev
-                    .write(lba, &rest[..n])
-                    .map_err(SectorError::Device)?;
-                done += n;
+        for (lba, skew, done, n) in pieces(offset, buf.len()) {
+            let part = &buf[done..done + n];
+            if skew == 0 && n % SECTOR == 0 {
+                self.dev.write(lba, part).map_err(SectorError::Device)?;
             } else {
                 // Read-modify-write of one sector.
                 let mut sector = [0u8; SECTOR];
                 self.dev
                     .read(lba, &mut sector)
                     .map_err(SectorError::Device)?;
-                let n = (SECTOR - skew).min(rest.len());
-                sector[skew..skew + n].copy_from_slice(&rest[..n]);
+                sector[skew..skew + n].copy_from_slice(part);
                 self.dev.write(lba, &sector).map_err(SectorError::Device)?;
-                done += n;
             }
         }
         self.len = self.len.max(end);
