@@ -98,7 +98,7 @@ impl<D: SectorDevice> ErrorType for SectorIo<D> {
 /// `n` a multiple of [`SECTOR`] is whole sectors, any other lies inside one sector.
 fn pieces(offset: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize, usize)> {
     let mut done = 0;
-    std::iter::from_fn(move || {
+    core::iter::from_fn(move || {
         if done >= len {
             return None;
         }
