@@ -105,6 +105,10 @@ fn verb_in(limit: u64, args: &[&str], stdin: &[u8], dir: &Path, ok: &[i32]) -> i
     r.code
 }
 
+fn mkfifo(path: &Path) {
+    assert!(Command::new("mkfifo").arg(path).status().unwrap().success());
+}
+
 fn copy_of(src: &Path, dir: &Path, name: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::copy(src, &p).unwrap();
@@ -223,12 +227,7 @@ fn hostile_backing_chains() {
     overlay(&d.join("missing.qcow"), "no-such-file");
     std::fs::create_dir(d.join("subdir")).unwrap();
     overlay(&d.join("dir.qcow"), "subdir");
-    let fifo = d.join("fifo");
-    assert!(Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    mkfifo(&d.join("fifo"));
     overlay(&d.join("fifo.qcow"), "fifo");
     overlay(&d.join("tty.qcow"), "/dev/tty");
     overlay(&d.join("nul.qcow"), "a\0b");
@@ -296,11 +295,7 @@ fn a_fifo_or_socket_as_the_image_is_refused_without_hanging() {
     let (dir, valid) = setup();
     let d = dir.path();
     let fifo = d.join("image.fifo");
-    assert!(Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    mkfifo(&fifo);
     let sock = d.join("image.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     for (file, what) in [(&fifo, "FIFO"), (&sock, "socket")] {
