@@ -57,6 +57,7 @@
 extern crate alloc;
 
 mod cache;
+pub mod chain;
 #[cfg(feature = "alloc")]
 pub mod check;
 pub mod cluster;

@@ -270,7 +270,7 @@ fn chain_files(image: &Path) -> Result<(Vec<PathBuf>, bool), String> {
     let mut absolute = false;
     let mut current = image.to_path_buf();
     // Deeper than the application reads is pointless; a loop ends here too.
-    for _ in 0..qcow_example_common::chain::LAYERS {
+    for _ in 0..qcow_core::chain::LAYERS {
         let Ok(bytes) = fs::read(&current) else { break };
         let mut io = qcow_core::io::SliceIo(&bytes);
         let Ok(header) = qcow_core::image::read_header(&mut io) else {

@@ -2,11 +2,13 @@
 //! libc) and `examples/uefi` (a UEFI application) read a qcow image and its backing
 //! chain the same way, through this crate, over their own files.
 //!
-//! - [`chain`]: a [`Volume`] (where backing files are opened) and [`digest`]: open the
-//!   chain, up to [`chain::LAYERS`] images, without an allocator or recursion, read
-//!   the whole guest disk and return its size and CRC-32.
+//! The chain itself (a `Volume` where backing files open, fixed-size paths, QEMU's
+//! backing name resolution, the bounded walk, the layers nested without an
+//! allocator) is `qcow_core::chain`'s; what is the examples' own is here:
+//!
+//! - [`digest`](mod@digest): [`digest`](fn@digest) and [`digest_file`]: open the
+//!   chain, read the whole guest disk and return its size and CRC-32.
 //! - [`crc32`]: zlib's CRC-32, the figure both examples print.
-//! - [`path`]: fixed-size paths and QEMU's resolution of backing file names.
 //! - `mem` (feature `mem`): the C memory functions the compiler calls, for programs
 //!   linked without libc.
 //!
@@ -19,13 +21,11 @@
 // without an allocator there is no box to put it in.
 #![allow(clippy::result_large_err)]
 
-pub mod chain;
 pub mod crc32;
+pub mod digest;
 // Assembly (`global_asm!`) counts as unsafe code: the crate's one exception.
 #[cfg(feature = "mem")]
 #[allow(unsafe_code)]
 pub mod mem;
-pub mod path;
 
-pub use chain::{digest, digest_file, Digest, Failure, Volume};
-pub use path::{Name, Path, Show};
+pub use digest::{digest, digest_file, Digest, POOL_LEN};

@@ -11,10 +11,10 @@
 //! Errors go to stderr as `qcow: <message>`, with exit status 1.
 //!
 //! # Memory and backing files
-//! As `qcow-example-common`'s `chain` module says (the UEFI example reads chains
-//! the same way): nothing is allocated; one static pool (in `.bss`, so it costs
-//! nothing until touched) holds the 64 KiB read buffer and every image's scratch
-//! buffer; the five `Image`s of the deepest chain live on the stack. Backing file
+//! As `qcow_core::chain` says (the UEFI example reads chains the same way, both
+//! through `qcow-example-common`): nothing is allocated; one static pool (in `.bss`,
+//! so it costs nothing until touched) holds the 64 KiB read buffer and every image's
+//! scratch buffer; the five `Image`s of the deepest chain live on the stack. Backing file
 //! names are resolved against the directory of the image naming them, as QEMU does.
 //!
 //! # Unsafe
@@ -32,11 +32,11 @@ use core::ffi::CStr;
 use core::fmt::{self, Write};
 
 use embedded_io::{ErrorKind, ErrorType};
+use qcow_core::chain::{Path, Volume};
 use qcow_core::BlockIo;
-use qcow_example_common::chain::POOL_LEN;
 // With its `mem` feature the shared crate also defines the C memory functions the
 // compiler calls (memcpy, ...).
-use qcow_example_common::{digest_file, Path, Volume};
+use qcow_example_common::{digest_file, POOL_LEN};
 
 // ---------------------------------------------------------------------------------
 // Entry point and system calls: all of the unsafe code.

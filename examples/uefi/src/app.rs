@@ -3,11 +3,10 @@
 use core::fmt::{self, Write};
 
 use embedded_io::ErrorType;
+use qcow_core::chain::{Failure, Path, Show, Volume, PATH_MAX};
 use qcow_core::header::{MAGIC, VERSION};
 use qcow_core::BlockIo;
-use qcow_example_common::chain::POOL_LEN;
-use qcow_example_common::path::PATH_MAX;
-use qcow_example_common::{digest, digest_file, Digest, Failure, Path, Show, Volume};
+use qcow_example_common::{digest, digest_file, Digest, POOL_LEN};
 use r_efi::efi::{Handle, Status};
 
 use crate::console::Console;

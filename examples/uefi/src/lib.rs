@@ -23,7 +23,8 @@
 //! qcow-uefi: 2 read, 1 refused; stack 114712 bytes
 //! ```
 //!
-//! The reading itself is `qcow-example-common`, the code the Linux firmware example
+//! The reading itself is `qcow_core::chain` (the backing chain) and
+//! `qcow-example-common` (the whole-disk CRC-32), the code the Linux firmware example
 //! (`examples/firmware`) runs. Here: the firmware's services behind safe wrappers
 //! ([`efi`], the only `unsafe`), a `BlockIo` over a file ([`volume`]) and over a
 //! disk's blocks ([`disk`]), the console ([`console`]), the list ([`manifest`]), and

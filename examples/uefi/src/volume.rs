@@ -2,8 +2,8 @@
 //! [`Volume`] where backing files are opened.
 
 use embedded_io::ErrorType;
+use qcow_core::chain::{Path, Volume};
 use qcow_core::BlockIo;
-use qcow_example_common::{Path, Volume};
 use r_efi::efi::Status;
 
 use crate::efi::{EfiError, File};

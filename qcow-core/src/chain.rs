@@ -1,49 +1,104 @@
-//! A qcow image and its backing chain, opened without an allocator and read whole.
+//! A qcow image and its backing chain, opened without an allocator or recursion.
+//!
+//! For programs without std: the file system is a [`Volume`] where backing files
+//! open, paths are fixed-size [`Path`]s, and every image of the chain lives in the
+//! caller's stack frame, its scratch buffer carved from a caller's pool.
+//! (`qcow-std` opens chains with an allocator, files and canonical paths.)
 //!
 //! A backing file name is resolved against the directory of the image naming it
 //! (absolute names are used as they are, see [`Path::backing`]) and probed: `QFI\xfb`
-//! with version 1 is a qcow image, anything else is raw. The chain is at most
+//! with version 1 is a qcow image, the magic with another version is refused
+//! ([`FailureKind::OtherVersion`]), anything else is raw. The chain is at most
 //! [`LAYERS`] images deep (the top image and four backing files), with no recursion
 //! a file could drive:
-//! 1. `discover` walks the chain top-down in a bounded loop, opening each backing
-//!    file into a fixed array of `LayerFile`s (a cycle just runs into the bound);
-//! 2. `read_chain` builds the layers bottom-up as types nested to a fixed depth: each
-//!    layer is a [`Lower`] (absent, raw, or a qcow [`Image`]) whose own backing is a
-//!    `&mut` borrow of the layer beneath, down to [`NoBacking`]:
-//!    `Image<T, &mut Lower<F, &mut Lower<F, &mut Lower<F, &mut Lower<F, NoBacking>>>>, _>`.
-//!    Reading then goes through qcow-core's own [`Backing`] chain. Deepening the
-//!    chain is one more line in `read_chain` (and in `LAYERS`).
+//! 1. [`discover`] walks the chain top-down in a bounded loop, opening each backing
+//!    file into a fixed array of [`Found`] files (a cycle just runs into the bound);
+//! 2. [`open_discovered`] builds the layers bottom-up as types nested to a fixed
+//!    depth: each layer is a [`Lower`] (absent, raw, or a qcow [`Image`]) whose own
+//!    backing is a `&mut` borrow of the layer beneath, down to [`NoBacking`]:
+//!    `Image<T, &mut Lower<F, &mut Lower<F, &mut Lower<F, &mut Lower<F, NoBacking>>>>, _>`
+//!    ([`Top`]), and hands the top image to the caller's closure. Reading then goes
+//!    through the [`Backing`] chain. Deepening the chain is one more line in
+//!    `open_discovered` (and in [`LAYERS`] and [`Beneath`]).
+//!
+//! [`open`] does both, [`open_file`] opens the top image on the volume first.
 //!
 //! Borrowing rather than owning the layer beneath keeps every image in a local of
 //! its own: an owned nesting would be moved (copied) level by level, and the stack
-//! frame held about three times the chain.
+//! frame held about three times the chain. This is also why the top image is lent
+//! to a closure rather than returned.
 //!
 //! # Memory
-//! Nothing is allocated. The caller's pool (at least [`POOL_LEN`] bytes, a static
-//! buffer in both examples) holds the [`READ_LEN`] read buffer and every image's
-//! scratch buffer, carved to the exact [`scratch_len`] of each image's geometry. The
-//! [`Image`]s themselves, with their table caches (about 9 KiB each), live on the
-//! stack: five of them, whether the layers exist or not.
+//! Nothing is allocated. The caller's pool (at least [`SCRATCH_LEN`] bytes serve
+//! every chain) holds every image's scratch buffer, carved to the exact
+//! [`scratch_len`] of each image's geometry. The [`Image`]s themselves, with their
+//! table caches (about 9 KiB each), live on the stack in [`open_discovered`]'s frame:
+//! five of them, whether the layers exist or not. [`discover`]'s frame (its paths,
+//! about 8 KiB) is gone before that one is made.
+//!
+//! ```
+//! use embedded_io::ErrorKind;
+//! use qcow_core::chain::{self, Path, Volume, SCRATCH_LEN};
+//! use qcow_core::io::SliceIo;
+//! # use qcow_core::{io::MemIo, write::{create, CreateOptions}};
+//! # let mut io = MemIo::default();
+//! # create(&mut io, &CreateOptions::new(1 << 20).backing(Some(b"base.raw"))).unwrap();
+//! # let (top, base) = (io.0, [7u8; 4096]);
+//!
+//! /// Two files: `dir/top.qcow` (a qcow image, its backing file `base.raw`) and
+//! /// `dir/base.raw` (4 KiB of sevens).
+//! struct Files<'a> {
+//!     top: &'a [u8],
+//!     base: &'a [u8],
+//! }
+//!
+//! impl<'a> Volume for Files<'a> {
+//!     type File = SliceIo<'a>;
+//!     fn open(&mut self, path: &Path) -> Result<SliceIo<'a>, ErrorKind> {
+//!         match path.bytes() {
+//!             b"dir/top.qcow" => Ok(SliceIo(self.top)),
+//!             b"dir/base.raw" => Ok(SliceIo(self.base)),
+//!             _ => Err(ErrorKind::NotFound),
+//!         }
+//!     }
+//! }
+//!
+//! let mut files = Files { top: &top, base: &base };
+//! let mut pool = [0u8; SCRATCH_LEN];
+//! let path = Path::new(b"dir/top.qcow").unwrap();
+//! let mut buf = [0u8; 8];
+//! let size = chain::open_file(&mut files, &path, None, &mut pool, |image| {
+//!     image.read_at(4090, &mut buf)?; // the raw file's last 6 bytes, then zeros
+//!     Ok(image.size())
+//! });
+//! assert!(matches!(size, Ok(0x10_0000)));
+//! assert_eq!(buf, [7, 7, 7, 7, 7, 7, 0, 0]);
+//! ```
+
+// A `Failure` carries the file's name (up to 240 bytes) so that a message can name
+// it; without an allocator there is no box to put it in.
+#![allow(clippy::result_large_err)]
+
+mod path;
 
 use core::fmt;
 
 use embedded_io::ErrorType;
-use qcow_core::header::{MAGIC, MAX_BACKING_NAME, VERSION};
-use qcow_core::image::{read_backing_name, read_header, scratch_len};
-use qcow_core::{Backing, BlockIo, Error, Image, NoBacking, Raw, Status};
 
-use crate::crc32::Crc32;
-use crate::path::{Name, Path};
+use crate::header::{MAGIC, MAX_BACKING_NAME, VERSION};
+use crate::image::{read_backing_name, read_header, scratch_len};
+use crate::{Backing, BlockIo, Error, Image, NoBacking, Raw, Status};
 
+pub use path::{Name, Path, Show, PATH_MAX};
+
+/// Backing files in the longest chain accepted.
+const BACKING_FILES: usize = 4;
 /// Images in the longest chain accepted: the top image and four backing files.
-pub const LAYERS: usize = 5;
-/// Bytes read per call into the top image.
-pub const READ_LEN: usize = 64 * 1024;
+pub const LAYERS: usize = BACKING_FILES + 1;
 /// The largest scratch buffer an image needs (64 KiB clusters: two clusters).
 pub const MAX_SCRATCH: usize = 2 * 64 * 1024;
-/// A pool that serves every chain: the read buffer and a worst-case scratch buffer
-/// per layer.
-pub const POOL_LEN: usize = READ_LEN + LAYERS * MAX_SCRATCH;
+/// A pool that serves every chain: a worst-case scratch buffer per layer.
+pub const SCRATCH_LEN: usize = LAYERS * MAX_SCRATCH;
 
 /// Where an image's backing files are found: a file system.
 pub trait Volume {
@@ -56,16 +111,8 @@ pub trait Volume {
 /// The device error of a volume's files.
 type VolError<V> = <<V as Volume>::File as ErrorType>::Error;
 
-/// What [`digest`] found: the guest disk's size and the CRC-32 of its content.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Digest {
-    /// The virtual size in bytes.
-    pub size: u64,
-    /// The CRC-32 (as zlib's `crc32`) of all `size` bytes the guest reads.
-    pub crc32: u32,
-}
-
-/// Why an image could not be read: what went wrong, and the file it concerns.
+/// Why a chain could not be opened or read: what went wrong, and the file it
+/// concerns.
 pub struct Failure<E> {
     /// The file: the image, or the backing file at fault.
     pub path: Name,
@@ -88,7 +135,9 @@ pub enum FailureKind<E> {
     OtherVersion(u32),
     /// The resolved backing file name is too long or holds a NUL byte.
     BackingName,
-    /// The pool is smaller than [`READ_LEN`] plus the scratch buffers.
+    /// The caller's pool is too small for what the caller takes from it besides the
+    /// chain's scratch buffers (a too small scratch buffer is
+    /// [`Error::BufferTooSmall`]).
     PoolTooSmall,
     /// Opening layer `depth` of the chain failed.
     Layer {
@@ -100,7 +149,8 @@ pub enum FailureKind<E> {
 }
 
 impl<E> Failure<E> {
-    fn at(path: &Path, kind: FailureKind<E>) -> Self {
+    /// A failure of the file at `path`.
+    pub fn new(path: &Path, kind: FailureKind<E>) -> Self {
         Failure {
             path: Name::from(path),
             kind,
@@ -137,15 +187,20 @@ impl<E: fmt::Debug + fmt::Display> fmt::Debug for Failure<E> {
     }
 }
 
-/// A backing file as `discover` found it.
-enum LayerFile<F> {
+/// A backing file as [`discover`] found it.
+#[derive(Debug)]
+pub enum Found<F> {
     /// No layer at this depth.
     Absent,
     /// A raw file (no qcow magic).
     Raw(F),
-    /// A qcow image.
+    /// A qcow image (version 1; its header checked).
     Qcow(F),
 }
+
+/// The backing files of a chain, top-down: layer 1 (the top image's backing file)
+/// first; after the first absent or raw one, all are absent.
+pub type Discovered<F> = [Found<F>; BACKING_FILES];
 
 /// Reads the header of the qcow image on `io` (checking it) and its backing file
 /// name into `name`; returns the name's length (0: none).
@@ -154,7 +209,7 @@ fn backing_name<B: BlockIo>(
     path: &Path,
     name: &mut [u8; MAX_BACKING_NAME],
 ) -> Result<usize, Failure<B::Error>> {
-    let at = |e| Failure::at(path, FailureKind::Qcow(e));
+    let at = |e| Failure::new(path, FailureKind::Qcow(e));
     let header = read_header(io).map_err(at)?;
     read_backing_name(io, &header, name)
         .map(<[u8]>::len)
@@ -162,16 +217,18 @@ fn backing_name<B: BlockIo>(
 }
 
 /// Walks the backing chain of the image `top` at `path` top-down and opens every
-/// backing file in it, in a loop bounded by [`LAYERS`]. Every qcow header is read and
-/// checked here, so errors name the file.
-#[allow(clippy::type_complexity)] // one array of the backing files
+/// backing file in it on `volume`, in a loop bounded by [`LAYERS`].
+///
+/// Every qcow header is read and checked here, so errors name the file. A chain
+/// deeper than [`LAYERS`] (a cycle among them) fails as
+/// [`Error::ChainTooDeep`] of the top image.
 #[inline(never)] // its paths (8 KiB) are off the stack before the images are opened
-fn discover<V: Volume, T: BlockIo<Error = VolError<V>>>(
+pub fn discover<V: Volume, T: BlockIo<Error = VolError<V>>>(
     volume: &mut V,
     top: &mut T,
     path: &Path,
-) -> Result<[LayerFile<V::File>; LAYERS - 1], Failure<VolError<V>>> {
-    let mut files: [LayerFile<V::File>; LAYERS - 1] = core::array::from_fn(|_| LayerFile::Absent);
+) -> Result<Discovered<V::File>, Failure<VolError<V>>> {
+    let mut files: Discovered<V::File> = core::array::from_fn(|_| Found::Absent);
     let mut name_buf = [0u8; MAX_BACKING_NAME];
     let mut name_len = backing_name(top, path, &mut name_buf)?;
     let mut current = path.clone();
@@ -183,30 +240,30 @@ fn discover<V: Volume, T: BlockIo<Error = VolError<V>>>(
         let name = name_buf.get(..name_len).unwrap_or_default();
         let next = current
             .backing(name)
-            .ok_or_else(|| Failure::at(&current, FailureKind::BackingName))?;
+            .ok_or_else(|| Failure::new(&current, FailureKind::BackingName))?;
         let mut file = volume
             .open(&next)
-            .map_err(|e| Failure::at(&next, FailureKind::OpenBacking(e)))?;
+            .map_err(|e| Failure::new(&next, FailureKind::OpenBacking(e)))?;
         if !probe_qcow(&mut file, &next)? {
-            *slot = LayerFile::Raw(file);
+            *slot = Found::Raw(file);
             return Ok(files);
         }
         name_len = backing_name(&mut file, &next, &mut name_buf)?;
-        *slot = LayerFile::Qcow(file);
+        *slot = Found::Qcow(file);
         current = next;
     }
     if name_len == 0 {
         Ok(files)
     } else {
         let e = Error::ChainTooDeep(LAYERS);
-        Err(Failure::at(path, FailureKind::Qcow(e)))
+        Err(Failure::new(path, FailureKind::Qcow(e)))
     }
 }
 
-/// Whether the file starts with the qcow v1 magic and version; fails on other
+/// Whether the file starts with the qcow magic and [`VERSION`]; fails on other
 /// versions of the magic.
 fn probe_qcow<B: BlockIo>(file: &mut B, path: &Path) -> Result<bool, Failure<B::Error>> {
-    let io = |e| Failure::at(path, FailureKind::Qcow(Error::Io(e)));
+    let io = |e| Failure::new(path, FailureKind::Qcow(Error::Io(e)));
     if file.len().map_err(io)? < 8 {
         return Ok(false);
     }
@@ -218,12 +275,14 @@ fn probe_qcow<B: BlockIo>(file: &mut B, path: &Path) -> Result<bool, Failure<B::
     }
     match u32::from_be_bytes([v0, v1, v2, v3]) {
         VERSION => Ok(true),
-        v => Err(Failure::at(path, FailureKind::OtherVersion(v))),
+        v => Err(Failure::new(path, FailureKind::OtherVersion(v))),
     }
 }
 
 /// A layer beneath an image: nothing, a raw file, or a qcow image on a file `F` with
-/// its own layer `N` beneath. Nesting it gives a chain of fixed, type-level depth.
+/// its own layer `N` beneath, its scratch buffer borrowed from a pool for `'p`.
+/// Nesting it gives a chain of fixed, type-level depth.
+#[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // no allocator to box with: see "Memory" above
 pub enum Lower<'p, F: BlockIo, N> {
     /// No layer.
@@ -265,6 +324,22 @@ impl<F: BlockIo, N: Backing<IoError = F::Error>> Backing for Lower<'_, F, N> {
     }
 }
 
+/// The layers beneath the top image as [`open_discovered`] nests them: [`LAYERS`]
+/// − 1 [`Lower`]s on files `F`, each borrowing the next for `'l`, scratch buffers
+/// borrowed from the pool for `'p`.
+pub type Beneath<'l, 'p, F> = &'l mut Lower<
+    'p,
+    F,
+    &'l mut Lower<
+        'p,
+        F,
+        &'l mut Lower<'p, F, &'l mut Lower<'p, F, NoBacking<<F as ErrorType>::Error>>>,
+    >,
+>;
+
+/// The top image of a chain, on the device `T`, as [`open_discovered`] lends it.
+pub type Top<'l, 'p, T, F> = Image<T, Beneath<'l, 'p, F>, &'p mut [u8]>;
+
 /// Takes `n` bytes off the front of the pool.
 fn carve<'p>(pool: &mut &'p mut [u8], n: usize) -> Option<&'p mut [u8]> {
     if pool.len() < n {
@@ -275,15 +350,17 @@ fn carve<'p>(pool: &mut &'p mut [u8], n: usize) -> Option<&'p mut [u8]> {
     Some(head)
 }
 
+/// A qcow image on `B` over the layer `N`, its scratch buffer borrowed for `'p`.
+type Pooled<'p, B, N> = Image<B, N, &'p mut [u8]>;
+
 /// Opens the qcow image on `io` over the layer `below` it, with a scratch buffer
 /// carved from the pool and, when it is encrypted, the secret.
-#[allow(clippy::type_complexity)] // the image, as `Image::open` returns it
 fn open_qcow<'p, B: BlockIo, N: Backing<IoError = B::Error>>(
     mut io: B,
     below: N,
     pool: &mut &'p mut [u8],
     secret: Option<&[u8]>,
-) -> Result<Image<B, N, &'p mut [u8]>, Error<B::Error>> {
+) -> Result<Pooled<'p, B, N>, Error<B::Error>> {
     let header = read_header(&mut io)?;
     let need = scratch_len(&header.geometry());
     let got = pool.len();
@@ -304,68 +381,82 @@ fn open_qcow<'p, B: BlockIo, N: Backing<IoError = B::Error>>(
 fn open_layer<'p, F: BlockIo, N: Backing<IoError = F::Error>>(
     slot: &mut Lower<'p, F, N>,
     depth: usize,
-    file: LayerFile<F>,
+    file: Found<F>,
     below: N,
     pool: &mut &'p mut [u8],
     secret: Option<&[u8]>,
     path: &Path,
 ) -> Result<(), Failure<F::Error>> {
-    let at = |error| Failure::at(path, FailureKind::Layer { depth, error });
+    let at = |error| Failure::new(path, FailureKind::Layer { depth, error });
     *slot = match file {
-        LayerFile::Absent => Lower::Absent,
-        LayerFile::Raw(f) => Lower::Raw(Raw::new(f).map_err(at)?),
-        LayerFile::Qcow(f) => Lower::Qcow(open_qcow(f, below, pool, secret).map_err(at)?),
+        Found::Absent => Lower::Absent,
+        Found::Raw(f) => Lower::Raw(Raw::new(f).map_err(at)?),
+        Found::Qcow(f) => Lower::Qcow(open_qcow(f, below, pool, secret).map_err(at)?),
     };
     Ok(())
 }
 
-/// Opens the qcow image at `path` on `volume`, and reads it with [`digest`].
-pub fn digest_file<V: Volume>(
+/// Opens the qcow image at `path` on `volume` and its backing chain, as [`open`].
+pub fn open_file<'p, V, R, C>(
     volume: &mut V,
     path: &Path,
     secret: Option<&[u8]>,
-    pool: &mut [u8],
-) -> Result<Digest, Failure<VolError<V>>> {
+    pool: &'p mut [u8],
+    read: C,
+) -> Result<R, Failure<VolError<V>>>
+where
+    V: Volume,
+    C: for<'l> FnOnce(&mut Top<'l, 'p, V::File, V::File>) -> Result<R, Error<VolError<V>>>,
+{
     let top = volume
         .open(path)
-        .map_err(|e| Failure::at(path, FailureKind::OpenImage(e)))?;
-    digest(volume, top, path, secret, pool)
+        .map_err(|e| Failure::new(path, FailureKind::OpenImage(e)))?;
+    open(volume, top, path, secret, pool, read)
 }
 
-/// Opens the qcow image on `top` and its backing chain, reads the whole guest disk,
-/// and returns its size and CRC-32.
+/// Opens the qcow image on `top` and its backing chain ([`discover`], then
+/// [`open_discovered`]) and calls `read` with the top image.
 ///
-/// `path` names the image in messages, and its backing files are resolved against
+/// `path` names the image in failures, and its backing files are resolved against
 /// it and opened on `volume`. `secret` is used for every encrypted image of the
-/// chain. `pool` holds the read buffer and the scratch buffers: [`POOL_LEN`] bytes
-/// serve every chain (see "Memory" in the module's documentation).
-pub fn digest<V: Volume, T: BlockIo<Error = VolError<V>>>(
+/// chain. `pool` holds the scratch buffers: [`SCRATCH_LEN`] bytes serve every chain.
+/// An error `read` returns fails as [`FailureKind::Qcow`] of the top image; what it
+/// returns otherwise is returned.
+pub fn open<'p, V, T, R, C>(
     volume: &mut V,
     mut top: T,
     path: &Path,
     secret: Option<&[u8]>,
-    pool: &mut [u8],
-) -> Result<Digest, Failure<VolError<V>>> {
+    pool: &'p mut [u8],
+    read: C,
+) -> Result<R, Failure<VolError<V>>>
+where
+    V: Volume,
+    T: BlockIo<Error = VolError<V>>,
+    C: for<'l> FnOnce(&mut Top<'l, 'p, T, V::File>) -> Result<R, Error<VolError<V>>>,
+{
     // Two calls, two frames, one after the other: the walk's paths (8 KiB) are
     // off the stack before the images (45 KiB) are on it.
     let files = discover(volume, &mut top, path)?;
-    read_chain(top, files, path, secret, pool)
+    open_discovered(top, files, path, secret, pool, read)
 }
 
-/// Opens the layers `files` beneath the image `top`, and reads the guest disk.
-// Not inlined: see `digest`.
-#[inline(never)]
-fn read_chain<F: BlockIo, T: BlockIo<Error = F::Error>>(
+/// Opens the layers `files` ([`discover`]'s) beneath the qcow image `top`, bottom-up,
+/// and calls `read` with the top image; as [`open`] says.
+#[inline(never)] // see `open`
+pub fn open_discovered<'p, F, T, R, C>(
     top: T,
-    [f1, f2, f3, f4]: [LayerFile<F>; LAYERS - 1],
+    [f1, f2, f3, f4]: Discovered<F>,
     path: &Path,
     secret: Option<&[u8]>,
-    pool: &mut [u8],
-) -> Result<Digest, Failure<F::Error>> {
-    if pool.len() < READ_LEN {
-        return Err(Failure::at(path, FailureKind::PoolTooSmall));
-    }
-    let (buf, mut pool) = pool.split_at_mut(READ_LEN);
+    mut pool: &'p mut [u8],
+    read: C,
+) -> Result<R, Failure<F::Error>>
+where
+    F: BlockIo,
+    T: BlockIo<Error = F::Error>,
+    C: for<'l> FnOnce(&mut Top<'l, 'p, T, F>) -> Result<R, Error<F::Error>>,
+{
     // Bottom-up, one line per level of LAYERS. Each layer is a local of its own and
     // the one above borrows it (`Backing` is implemented for `&mut T`), so no layer
     // is ever moved into another: the stack holds each Image once.
@@ -377,27 +468,11 @@ fn read_chain<F: BlockIo, T: BlockIo<Error = F::Error>>(
     open_layer(&mut l2, 2, f2, &mut l3, &mut pool, secret, path)?;
     let mut l1 = Lower::Absent;
     open_layer(&mut l1, 1, f1, &mut l2, &mut pool, secret, path)?;
-    let at = |e| Failure::at(path, FailureKind::Qcow(e));
+    let at = |e| Failure::new(path, FailureKind::Qcow(e));
     let mut image = open_qcow(top, &mut l1, &mut pool, secret);
-    let image = match image {
-        Ok(ref mut image) => image,
-        Err(e) => return Err(at(e)),
-    };
-
-    let size = image.size();
-    let mut crc = Crc32::new();
-    let mut offset = 0u64;
-    while offset < size {
-        let n = usize::try_from(size - offset)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        let chunk = buf.get_mut(..n).unwrap_or_default();
-        image.read_at(offset, chunk).map_err(at)?;
-        crc = crc.update(chunk);
-        offset += n as u64;
+    match image {
+        Ok(ref mut image) => read(image).map_err(at),
+        Err(e) => Err(at(e)),
     }
-    Ok(Digest {
-        size,
-        crc32: crc.finish(),
-    })
 }
+

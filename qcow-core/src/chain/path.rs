@@ -1,4 +1,5 @@
-//! Paths in fixed buffers, and how a backing file name is resolved.
+//! Paths in fixed buffers, and how a backing file name is resolved (QEMU's
+//! `path_combine`).
 
 use core::ffi::CStr;
 use core::fmt::{self, Write};
