@@ -476,3 +476,5 @@ where
     }
 }
 
+#[cfg(all(test, feature = "alloc"))]
+mod tests;
