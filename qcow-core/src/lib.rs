@@ -10,6 +10,10 @@
 //! (two clusters, 128 KiB at most) and caches table entries in a fixed-capacity
 //! table cache (about 8 KiB).
 //!
+//! A backing chain is a nest of [`Backing`] layers; [`chain`] opens one from files
+//! without an allocator (backing names resolved as QEMU does, a bounded walk) for
+//! programs without std.
+//!
 //! # Features
 //! - `alloc` (default): the write path ([`write`](mod@write): `Image::write_at`,
 //!   `Image::write_compressed`, [`write::create`], [`write::Writer`]), the compressor
