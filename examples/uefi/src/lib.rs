@@ -20,7 +20,7 @@
 //! plain.qcow: size 8390144 crc32 2093781633
 //! qcow: truncated.qcow: data cluster at host offset 2359296 (guest offset 2347008) lies past the end of the 2361344-byte file
 //! disk 1: size 8390144 crc32 2093781633
-//! qcow-uefi: 2 read, 1 refused; stack 114712 bytes
+//! qcow-uefi: 2 read, 1 refused; stack 70368 bytes
 //! ```
 //!
 //! The reading itself is `qcow_core::chain` (the backing chain) and

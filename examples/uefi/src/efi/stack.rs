@@ -1,9 +1,9 @@
 //! The application's own stack, and how much of it is used.
 //!
 //! The firmware's stack is small: the UEFI specification promises an application
-//! 128 KiB, and reading a five-image chain needs about 112 KiB at its deepest
-//! (the five `Image`s and their table caches, and the copies made while opening
-//! them; see `qcow-core/README.md`). So `efi_main` moves to a stack of [`STACK_LEN`]
+//! 128 KiB, and reading a chain needs about 78 KiB at its deepest (the five
+//! `Image`s and their table caches, and the copies made while opening them; see
+//! `qcow-core/README.md`). So `efi_main` moves to a stack of [`STACK_LEN`]
 //! bytes in `.bss` (in no file, zeroed by the loader), painted with a pattern first:
 //! [`used`] finds the deepest word no longer holding it. Interrupts taken while the
 //! application runs use this stack too, and count.
