@@ -6,11 +6,11 @@
 //! (`qcow-std` opens chains with an allocator, files and canonical paths.)
 //!
 //! A backing file name is resolved against the directory of the image naming it
-//! (absolute names are used as they are, see [`Path::backing`]) and probed: `QFI\xfb`
-//! with version 1 is a qcow image, the magic with another version is refused
-//! ([`FailureKind::OtherVersion`]), anything else is raw. The chain is at most
-//! [`LAYERS`] images deep (the top image and four backing files), with no recursion
-//! a file could drive:
+//! (absolute names are used as they are, see [`Path::backing`]) and probed
+//! ([`probe`]): `QFI\xfb` with version 1 is a qcow image, the magic with another
+//! version is refused ([`FailureKind::OtherVersion`]), anything else is raw. The
+//! chain is at most [`LAYERS`] images deep (the top image and four backing files),
+//! with no recursion a file could drive:
 //! 1. [`discover`] walks the chain top-down in a bounded loop, opening each backing
 //!    file into a fixed array of [`Found`] files (a cycle just runs into the bound);
 //! 2. [`open_discovered`] builds the layers bottom-up as types nested to a fixed
@@ -260,22 +260,43 @@ pub fn discover<V: Volume, T: BlockIo<Error = VolError<V>>>(
     }
 }
 
-/// Whether the file starts with the qcow magic and [`VERSION`]; fails on other
-/// versions of the magic.
-fn probe_qcow<B: BlockIo>(file: &mut B, path: &Path) -> Result<bool, Failure<B::Error>> {
-    let io = |e| Failure::new(path, FailureKind::Qcow(Error::Io(e)));
-    if file.len().map_err(io)? < 8 {
-        return Ok(false);
+/// What a file holds, as [`probe`] tells from its first 8 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probed {
+    /// The qcow magic and [`VERSION`]: a qcow image this crate reads.
+    Qcow,
+    /// The qcow magic with another version (2 and 3 are qcow2).
+    OtherVersion(u32),
+    /// Anything else, shorter files too: raw data.
+    Raw,
+}
+
+/// Tells a qcow (version 1) image from another qcow version and from raw data, by
+/// the magic and version at the start of `io`, as the chain probes backing files.
+pub fn probe<B: BlockIo>(io: &mut B) -> Result<Probed, B::Error> {
+    if io.len()? < 8 {
+        return Ok(Probed::Raw);
     }
     let mut head = [0u8; 8];
-    file.read_at(0, &mut head).map_err(io)?;
+    io.read_at(0, &mut head)?;
     let [m0, m1, m2, m3, v0, v1, v2, v3] = head;
     if u32::from_be_bytes([m0, m1, m2, m3]) != MAGIC {
-        return Ok(false);
+        return Ok(Probed::Raw);
     }
-    match u32::from_be_bytes([v0, v1, v2, v3]) {
-        VERSION => Ok(true),
-        v => Err(Failure::new(path, FailureKind::OtherVersion(v))),
+    Ok(match u32::from_be_bytes([v0, v1, v2, v3]) {
+        VERSION => Probed::Qcow,
+        v => Probed::OtherVersion(v),
+    })
+}
+
+/// Whether the backing file at `path` is a qcow image; fails on other versions of
+/// the magic.
+fn probe_qcow<B: BlockIo>(file: &mut B, path: &Path) -> Result<bool, Failure<B::Error>> {
+    match probe(file) {
+        Ok(Probed::Qcow) => Ok(true),
+        Ok(Probed::Raw) => Ok(false),
+        Ok(Probed::OtherVersion(v)) => Err(Failure::new(path, FailureKind::OtherVersion(v))),
+        Err(e) => Err(Failure::new(path, FailureKind::Qcow(Error::Io(e)))),
     }
 }
 

@@ -3,9 +3,7 @@
 use core::fmt::{self, Write};
 
 use embedded_io::ErrorType;
-use qcow_core::chain::{Failure, Path, Show, Volume, PATH_MAX};
-use qcow_core::header::{MAGIC, VERSION};
-use qcow_core::BlockIo;
+use qcow_core::chain::{self, Failure, Path, Probed, Show, Volume, PATH_MAX};
 use qcow_example_common::{digest, digest_file, Digest, POOL_LEN};
 use r_efi::efi::{Handle, Status};
 
@@ -191,7 +189,7 @@ fn disks<V: Volume<File = FileIo>>(
         let Some(mut disk) = dev.and_then(|d| DiskIo::new(d, bounce)) else {
             continue; // no medium, or blocks this does not read
         };
-        if !holds_qcow(&mut disk) {
+        if !matches!(chain::probe(&mut disk), Ok(Probed::Qcow)) {
             continue;
         }
         let mut label = Label::default();
@@ -202,14 +200,6 @@ fn disks<V: Volume<File = FileIo>>(
         let r = digest(volume, disk, &path, None, pool);
         tally.report(out, &path, r);
     }
-}
-
-/// Whether the device starts with qcow's magic and version 1.
-fn holds_qcow<B: BlockIo>(io: &mut B) -> bool {
-    let mut head = [0u8; 8];
-    io.read_at(0, &mut head).is_ok()
-        && head.get(..4) == Some(&MAGIC.to_be_bytes()[..])
-        && head.get(4..) == Some(&VERSION.to_be_bytes()[..])
 }
 
 /// A short label, formatted in place.

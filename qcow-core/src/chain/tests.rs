@@ -364,3 +364,18 @@ fn encrypted_layers_read_with_the_secret() {
     assert!(r.is_ok());
     assert_eq!(got, overlay(pattern(MIB as usize), &[(65536, 4096, 0x5a)]));
 }
+
+#[test]
+fn probe_tells_qcow_from_other_versions_and_raw() {
+    let mut v3 = MAGIC.to_be_bytes().to_vec();
+    v3.extend_from_slice(&3u32.to_be_bytes());
+    let cases = [
+        (qcow(MIB, None, &[]), Probed::Qcow),
+        (v3.clone(), Probed::OtherVersion(3)),
+        (v3[..7].to_vec(), Probed::Raw),
+        (pattern(4096), Probed::Raw),
+    ];
+    for (data, want) in cases {
+        assert_eq!(probe(&mut MemIo(data)), Ok(want));
+    }
+}
