@@ -9,6 +9,7 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 use qcow_core::StatusKind;
 use qcow_std::{Disk, DiskOptions, Storage};
 
+use crate::ahead::ReadAhead;
 use crate::source::PyStorage;
 use crate::{closed_err, secret, to_py};
 
@@ -27,6 +28,7 @@ pub struct Handle {
     opts: DiskOptions,
     /// pyqcow's rule: with a backing name but no parent, reading unallocated data fails.
     strict: bool,
+    ahead: ReadAhead,
 }
 
 impl Handle {
@@ -44,6 +46,7 @@ impl Handle {
             src,
             opts,
             strict,
+            ahead: ReadAhead::default(),
         })
     }
 
@@ -87,16 +90,18 @@ fn backed(disk: &Disk, strict: bool, offset: u64, len: u64) -> Result<(), String
 /// (the Disk reads without a lock across I/O and inflate). Below it, handing a part to
 /// another thread and copying it back costs more than it saves: measured on the bench's
 /// 256 MiB images, 1 MiB reads are fastest on one thread, 4 and 16 MiB reads faster
-/// split.
+/// split. Shorter reads in sequence are read ahead instead ([`ReadAhead`]).
 const SPLIT: usize = 2 << 20;
 
-fn read_into(disk: &Disk, strict: bool, offset: u64, buf: &mut [u8]) -> PyResult<()> {
-    backed(disk, strict, offset, buf.len() as u64).map_err(PyOSError::new_err)?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    if buf.len() < SPLIT || threads < 2 {
-        return disk.read_at(offset, buf).map_err(to_py);
+impl Handle {
+    fn read_into(&self, disk: &Disk, offset: u64, buf: &mut [u8]) -> PyResult<()> {
+        backed(disk, self.strict, offset, buf.len() as u64).map_err(PyOSError::new_err)?;
+        let threads = crate::pool::threads();
+        if buf.len() <= SPLIT || threads < 2 {
+            return self.ahead.read(disk, offset, buf).map_err(to_py);
+        }
+        crate::pool::read_split(disk, offset, buf, threads - 1).map_err(to_py)
     }
-    crate::pool::read_split(disk, offset, buf, threads - 1).map_err(to_py)
 }
 
 #[pymethods]
@@ -205,16 +210,15 @@ impl Handle {
         if len == 0 {
             return Ok(PyBytes::new(py, b""));
         }
-        let strict = self.strict;
         PyBytes::new_with(py, len, |buf| {
-            py.allow_threads(|| read_into(&disk, strict, offset, buf))
+            py.allow_threads(|| self.read_into(&disk, offset, buf))
         })
     }
 
     /// Writes `data` at `offset` (inside the size); returns the byte count.
     fn write_at(&self, py: Python<'_>, offset: u64, data: Vec<u8>) -> PyResult<usize> {
         let disk = self.disk()?;
-        py.allow_threads(|| disk.write_at(offset, &data))
+        py.allow_threads(|| self.ahead.writing(|| disk.write_at(offset, &data)))
             .map_err(to_py)?;
         Ok(data.len())
     }
@@ -232,6 +236,7 @@ impl Handle {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        py.allow_threads(|| self.ahead.clear());
         match d {
             Some(d) if d.is_writable() => py.allow_threads(|| d.flush()).map_err(to_py),
             _ => Ok(()),

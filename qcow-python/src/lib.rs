@@ -6,6 +6,7 @@
 //! object used as storage takes the GIL back only for its `read`/`seek`/`tell` calls.
 #![forbid(unsafe_code)]
 
+mod ahead;
 mod handle;
 mod pool;
 mod source;

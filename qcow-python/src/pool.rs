@@ -3,9 +3,10 @@
 //! (new stacks, malloc arenas, inflate state), as much as inflating 40 clusters, and
 //! ate the gain of a second core on 1 MiB reads. The pool belongs to one process: a
 //! forked child (Python's `multiprocessing`) does not have its parent's threads, so it
-//! makes its own on first use.
+//! makes its own on first use. Besides splitting large reads, the workers read ahead
+//! of a sequence of smaller ones ([`read_ahead`], used by `crate::ahead`).
 
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Mutex, TryLockError};
 
 use qcow_std::{Disk, Error};
@@ -90,10 +91,15 @@ fn spawn_worker() -> Option<Sender<Job>> {
     Some(tx)
 }
 
-/// This process's workers, `n` of them, made on first use (and anew in a forked
-/// child). None while another thread holds the pool: that caller reads alone rather
-/// than wait (or, in a child forked at that moment, deadlock).
-fn workers(n: usize) -> Vec<Sender<Job>> {
+/// How many workers the pool has: one per core, at most 4.
+pub fn threads() -> usize {
+    qcow_std::cores().min(4)
+}
+
+/// This process's workers, [`threads`] of them, made on first use (and anew in a
+/// forked child). None while another thread holds the pool: that caller reads alone
+/// rather than wait (or, in a child forked at that moment, deadlock).
+fn workers() -> Vec<Sender<Job>> {
     let mut pool = match POOL.try_lock() {
         Ok(g) => g,
         Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -101,10 +107,57 @@ fn workers(n: usize) -> Vec<Sender<Job>> {
     };
     let pid = std::process::id();
     if pool.as_ref().is_none_or(|p| p.pid != pid) {
-        let workers = (0..n).filter_map(|_| spawn_worker()).collect();
+        let workers = (0..threads()).filter_map(|_| spawn_worker()).collect();
         *pool = Some(Pool { pid, workers });
     }
     pool.as_ref().map(|p| p.workers.clone()).unwrap_or_default()
+}
+
+/// A read handed to a worker before anyone asked for it ([`read_ahead`]).
+pub struct Pending {
+    pid: u32,
+    replies: Receiver<Done>,
+}
+
+impl Pending {
+    /// Waits for the read and copies its first `dst.len()` bytes into `dst`. False
+    /// when the read failed, its worker is gone, or this is a forked child (whose
+    /// parent's worker will never answer): the caller then reads for itself.
+    pub fn wait(self, dst: &mut [u8]) -> bool {
+        if self.pid != std::process::id() {
+            return false;
+        }
+        let Ok((_, bytes, r)) = self.replies.recv() else {
+            return false;
+        };
+        let copied = bytes
+            .get(..dst.len())
+            .map(|src| dst.copy_from_slice(src))
+            .is_some();
+        give_back(bytes);
+        r.is_ok() && copied
+    }
+}
+
+/// Starts reading `len` bytes at `offset` on the pool's worker `n` (modulo their
+/// count); None when there is no worker to take it.
+pub fn read_ahead(disk: &Disk, offset: u64, len: usize, n: usize) -> Option<Pending> {
+    let workers = workers();
+    let worker = workers.get(n.checked_rem(workers.len())?)?;
+    let (done, replies) = channel::<Done>();
+    let job = Job {
+        disk: disk.clone(),
+        offset,
+        buf: spare(len),
+        len,
+        index: 0,
+        done,
+    };
+    worker.send(job).ok()?;
+    Some(Pending {
+        pid: std::process::id(),
+        replies,
+    })
 }
 
 /// The most one part holds: a huge read goes window after window, so the spare
@@ -114,7 +167,8 @@ const PART_MAX: usize = 8 << 20;
 /// Reads `buf` at `offset` (inside the disk) on this thread and up to `helpers` pool
 /// threads, each part into its own buffer then copied here.
 pub fn read_split(disk: &Disk, offset: u64, buf: &mut [u8], helpers: usize) -> Result<(), Error> {
-    let workers = workers(helpers);
+    let mut workers = workers();
+    workers.truncate(helpers);
     if workers.is_empty() {
         return disk.read_at(offset, buf);
     }

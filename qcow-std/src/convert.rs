@@ -145,7 +145,7 @@ fn create_options<'a>(opts: &'a ConvertOptions<'_>, size: u64) -> CreateOptions<
 fn copy(src: &Disk, file: File, dst: &Path, mut opts: ConvertOptions<'_>) -> Result<(), Error> {
     let size = src.size();
     let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        crate::cores()
     } else {
         opts.threads
     };

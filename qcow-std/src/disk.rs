@@ -602,7 +602,7 @@ impl Disk {
         threads: usize,
     ) -> Result<(), Error> {
         let threads = match threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => crate::cores(),
             n => n,
         };
         if threads <= 1 || buf.len() < PARALLEL_MIN {

@@ -46,6 +46,14 @@ pub use open::{probe, DiskOptions, Format};
 pub use qcow_core;
 pub use storage::{ReadSeek, ReadWriteSeek, Storage, StorageIo};
 
+/// The cores this process may run on (`std::thread::available_parallelism`, at least
+/// 1), found once: on Linux each call of that reads cgroup files, a dozen system calls
+/// too many for every read.
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// The README's Rust examples, compiled by `cargo test --doc`.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

@@ -170,10 +170,20 @@ size = f.get_media_size()\nn = 0\nwhile n < size:\n    n += len(f.read_buffer(mi
 f.close()\n";
 
 /// Runs each command of `cmds` once per round, in turn; returns each one's samples.
-fn rounds_of(rounds: usize, cmds: &[Vec<String>]) -> Result<Vec<Vec<Sample>>, String> {
+/// Before each, the files in `outputs` are removed and written back (`sync`), so no
+/// command pays for truncating or writing back what the one before it wrote.
+fn rounds_of(
+    rounds: usize,
+    cmds: &[Vec<String>],
+    outputs: &[PathBuf],
+) -> Result<Vec<Vec<Sample>>, String> {
     let mut out = vec![Vec::new(); cmds.len()];
     for _ in 0..rounds {
         for (c, o) in cmds.iter().zip(out.iter_mut()) {
+            for f in outputs {
+                let _ = std::fs::remove_file(f);
+            }
+            let _ = Command::new("sync").status();
             o.push(measure(c, true)?);
         }
     }
@@ -263,7 +273,8 @@ fn libqcow_rows(rounds: usize, root: &Path, dir: &Path) -> Result<Vec<Row>, Stri
             s(&["cat", &ps("mixed.raw")]),
         ];
         cmds.extend(dd.into_iter().flatten());
-        let r = rounds_of(rounds, &cmds);
+        let outputs = [dir.join("lq-out.raw"), dir.join("lq-peer.raw")];
+        let r = rounds_of(rounds, &cmds, &outputs);
         if mounted.is_some() {
             unmount(&mnt);
         }
