@@ -11,21 +11,12 @@ use qcow_core::{Image, NoBacking};
 
 const SIZE: u64 = 16 << 20;
 
+#[path = "../../qcow-core/src/testutil/mixed.rs"]
+mod data;
+
+/// Clusters of text and of noise in turn.
 fn mixed(len: usize, seed: u32) -> Vec<u8> {
-    let text = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit. ";
-    let mut x = seed.max(1);
-    (0..len)
-        .map(|i| {
-            if (i / 4096) % 2 == 0 {
-                text[i % text.len()]
-            } else {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            }
-        })
-        .collect()
+    data::mixed(seed, len, 4096)
 }
 
 /// A 16 MiB image, every cluster allocated (every other one compressed when asked).

@@ -2,6 +2,9 @@
 
 use crate::io::{BlockIo, MemIo};
 
+mod mixed;
+pub(crate) use mixed::mixed;
+
 /// The big-endian u64 at `at`.
 pub(crate) fn get(io: &mut MemIo, at: u64) -> u64 {
     let mut b = [0u8; 8];

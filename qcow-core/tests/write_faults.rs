@@ -72,20 +72,11 @@ enum Op {
     Compressed(u64, Vec<u8>),
 }
 
+#[path = "../src/testutil/mixed.rs"]
+mod mixed;
+
 fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..len)
-        .map(|i| {
-            if (i / 700) % 3 == 0 {
-                b"text text "[i % 10]
-            } else {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            }
-        })
-        .collect()
+    mixed::mixed(seed, len, 700)
 }
 
 fn workload() -> Vec<Op> {

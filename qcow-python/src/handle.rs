@@ -7,6 +7,7 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use qcow_core::StatusKind;
+use qcow_std::map::Extent;
 use qcow_std::{Disk, DiskOptions, Storage};
 
 use crate::ahead::ReadAhead;
@@ -298,66 +299,12 @@ fn info_dict<'py>(py: Python<'py>, disk: &Disk) -> PyResult<Bound<'py, PyDict>> 
     Ok(d)
 }
 
-/// One extent of `qcow map --output=json`.
-struct Extent {
-    start: u64,
-    length: u64,
-    depth: u32,
-    present: bool,
-    zero: bool,
-    data: bool,
-    compressed: bool,
-    offset: Option<u64>,
-}
-
-impl Extent {
-    fn continues(&self, n: &Extent) -> bool {
-        self.start.saturating_add(self.length) == n.start
-            && (
-                self.depth,
-                self.present,
-                self.zero,
-                self.data,
-                self.compressed,
-            ) == (n.depth, n.present, n.zero, n.data, n.compressed)
-            && match (self.offset, n.offset) {
-                (Some(a), Some(b)) => a.checked_add(self.length) == Some(b),
-                (None, None) => true,
-                _ => false,
-            }
-    }
-}
-
 /// The merged extents of a disk, as the CLI's `map`.
 fn extents(disk: &Disk) -> Result<Vec<Extent>, qcow_std::Error> {
-    let size = disk.size();
-    let mut out: Vec<Extent> = Vec::new();
-    let mut at = 0u64;
-    while at < size {
-        let s = disk.block_status(at, size - at)?;
-        let len = s.len.clamp(1, size - at);
-        let (present, zero, data, compressed, offset) = match s.kind {
-            StatusKind::Unallocated => (false, true, false, false, None),
-            StatusKind::Data { host } => (true, false, true, false, Some(host)),
-            StatusKind::Hole { host } => (true, true, false, false, Some(host)),
-            StatusKind::Encrypted { .. } => (true, false, true, false, None),
-            StatusKind::Compressed { .. } => (true, false, true, true, None),
-        };
-        let e = Extent {
-            start: at,
-            length: len,
-            depth: s.depth,
-            present,
-            zero,
-            data,
-            compressed,
-            offset,
-        };
-        match out.last_mut() {
-            Some(last) if last.continues(&e) => last.length += len,
-            _ => out.push(e),
-        }
-        at += len;
-    }
+    let mut out = Vec::new();
+    qcow_std::map::for_each_extent(disk, |e| {
+        out.push(*e);
+        Ok::<(), qcow_std::Error>(())
+    })?;
     Ok(out)
 }

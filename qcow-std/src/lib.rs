@@ -36,6 +36,7 @@ mod disk;
 pub mod error;
 pub mod file;
 pub mod maint;
+pub mod map;
 pub mod open;
 pub mod probe;
 mod storage;

@@ -18,19 +18,7 @@ use crate::write::{create, CreateOptions};
 use embedded_io::{ErrorKind, ErrorType};
 
 fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|i| {
-            if (i / 300) % 2 == 0 {
-                b"some text "[i % 10]
-            } else {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            }
-        })
-        .collect()
+    crate::testutil::mixed(seed, len, 300)
 }
 
 fn new_image(size: u64, cluster_bits: u8, l2_bits: u8, backing: Option<&[u8]>) -> MemIo {
