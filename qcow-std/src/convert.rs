@@ -94,6 +94,8 @@ enum Sink {
     Raw {
         file: File,
         path: std::path::PathBuf,
+        /// Whether writes go around the page cache ([`crate::file::set_direct`]).
+        direct: bool,
     },
     Qcow {
         writer: Box<Writer<FileIo>>,
@@ -159,7 +161,7 @@ fn copy(src: &Disk, file: File, dst: &Path, mut opts: ConvertOptions<'_>) -> Res
             let mut sink = sink;
             for f in rx {
                 let base = f.base.as_ref().map(|b| &b[..f.len]);
-                sink.push(f.offset, &f.data[..f.len], base, compress)?;
+                sink.push(f.offset, f.bytes(), base, compress)?;
                 let _ = back.send(f);
             }
             Ok(sink)
@@ -184,8 +186,35 @@ fn copy(src: &Disk, file: File, dst: &Path, mut opts: ConvertOptions<'_>) -> Res
 struct Filled {
     offset: u64,
     len: usize,
+    /// [`CHUNK`] bytes from `start`, which is aligned for `O_DIRECT` writes.
     data: Vec<u8>,
+    start: usize,
     base: Option<Vec<u8>>,
+}
+
+impl Filled {
+    fn new(backing: bool) -> Self {
+        let data = vec![0u8; CHUNK + crate::file::DIRECT_ALIGN];
+        let start = data.as_ptr().align_offset(crate::file::DIRECT_ALIGN);
+        Filled {
+            offset: 0,
+            len: 0,
+            start: if start < crate::file::DIRECT_ALIGN {
+                start
+            } else {
+                0
+            },
+            data,
+            base: backing.then(|| vec![0u8; CHUNK]),
+        }
+    }
+    /// The chunk's bytes.
+    fn bytes(&self) -> &[u8] {
+        &self.data[self.start..self.start + self.len]
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.data[self.start..self.start + self.len]
+    }
 }
 
 /// The reading side of [`copy`]: sends each chunk to the writer, reusing the buffers
@@ -206,14 +235,11 @@ fn read_chunks(
             skip
         } else {
             let n = usize::try_from((size - offset).min(CHUNK as u64)).unwrap_or(CHUNK);
-            let mut f = spare.try_recv().unwrap_or_else(|_| Filled {
-                offset,
-                len: n,
-                data: vec![0u8; CHUNK],
-                base: opts.backing.as_ref().map(|_| vec![0u8; CHUNK]),
-            });
+            let mut f = spare
+                .try_recv()
+                .unwrap_or_else(|_| Filled::new(opts.backing.is_some()));
             (f.offset, f.len) = (offset, n);
-            read_parallel(src, offset, &mut f.data[..n], threads)?;
+            read_parallel(src, offset, f.bytes_mut(), threads)?;
             if let (Some((_, disk)), Some(b)) = (&opts.backing, f.base.as_mut()) {
                 read_base(disk, offset, &mut b[..n], threads)?;
             }
@@ -282,9 +308,11 @@ impl Sink {
         Ok(match opts.format {
             Format::Raw => {
                 file.set_len(size).map_err(|e| Error::io(dst, e))?;
+                let direct = crate::file::set_direct(&file, true);
                 Sink::Raw {
                     file,
                     path: dst.to_path_buf(),
+                    direct,
                 }
             }
             Format::Qcow => {
@@ -322,7 +350,10 @@ impl Sink {
     ) -> Result<(), Error> {
         let cluster = self.cluster();
         let (writer, path, deflaters, threads) = match self {
-            Sink::Raw { file, path } => return write_sparse(file, path, offset, chunk, cluster),
+            Sink::Raw { file, path, direct } => {
+                let mut out = RawOut { file, direct };
+                return write_sparse(&mut out, path, offset, chunk, cluster);
+            }
             Sink::Qcow {
                 writer,
                 path,
@@ -358,7 +389,7 @@ impl Sink {
     /// Completes the output and syncs it.
     fn finish(self) -> Result<(), Error> {
         match self {
-            Sink::Raw { file, path } => file.sync_data().map_err(|e| Error::io(path, e)),
+            Sink::Raw { file, path, .. } => file.sync_data().map_err(|e| Error::io(path, e)),
             Sink::Qcow { writer, path, .. } => {
                 let io = writer.finish().map_err(|e| Error::image(&path, e))?;
                 io.file().sync_data().map_err(|e| Error::io(&path, e))
@@ -373,15 +404,44 @@ fn read_parallel(src: &Disk, offset: u64, buf: &mut [u8], threads: usize) -> Res
     src.read_at_parallel(offset, buf, threads.max(1))
 }
 
+/// A raw output file, written around the page cache while it can be.
+struct RawOut<'f> {
+    file: &'f File,
+    direct: &'f mut bool,
+}
+
+impl RawOut<'_> {
+    /// Writes `data` at `offset`: directly when everything is aligned, else (the tail
+    /// of an odd-sized disk, or a file system that refuses) through the page cache
+    /// from then on.
+    fn write(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        use crate::file::{set_direct, DIRECT_ALIGN};
+        use crate::storage::Storage;
+        if *self.direct {
+            let aligned = data.as_ptr().align_offset(DIRECT_ALIGN) == 0
+                && data.len().is_multiple_of(DIRECT_ALIGN)
+                && offset.is_multiple_of(DIRECT_ALIGN as u64);
+            if aligned {
+                match Storage::write_all_at(self.file, data, offset) {
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {}
+                    r => return r,
+                }
+            }
+            *self.direct = false;
+            set_direct(self.file, false);
+        }
+        Storage::write_all_at(self.file, data, offset)
+    }
+}
+
 /// Writes the non-zero blocks of `data` at `offset`, coalescing runs.
 fn write_sparse(
-    file: &File,
+    out: &mut RawOut<'_>,
     path: &Path,
     offset: u64,
     data: &[u8],
     block: usize,
 ) -> Result<(), Error> {
-    use crate::storage::Storage;
     let mut run: Option<usize> = None;
     let blocks: Vec<&[u8]> = data.chunks(block).collect();
     for (i, b) in blocks.iter().enumerate() {
@@ -389,7 +449,7 @@ fn write_sparse(
         match (zero, run) {
             (false, None) => run = Some(i * block),
             (true, Some(start)) => {
-                Storage::write_all_at(file, &data[start..i * block], offset + start as u64)
+                out.write(&data[start..i * block], offset + start as u64)
                     .map_err(|e| Error::io(path, e))?;
                 run = None;
             }
@@ -397,7 +457,7 @@ fn write_sparse(
         }
     }
     if let Some(start) = run {
-        Storage::write_all_at(file, &data[start..], offset + start as u64)
+        out.write(&data[start..], offset + start as u64)
             .map_err(|e| Error::io(path, e))?;
     }
     Ok(())

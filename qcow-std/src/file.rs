@@ -1,6 +1,6 @@
 //! Everything that depends on the operating system (Unix): positional I/O on files
-//! (`pread`/`pwrite`), holes (`SEEK_DATA`/`SEEK_HOLE`, `fallocate`), file types, and
-//! file names as bytes.
+//! (`pread`/`pwrite`), holes (`SEEK_DATA`/`SEEK_HOLE`, `fallocate`), writes around the
+//! page cache (`O_DIRECT`), file types, and file names as bytes.
 
 use std::fs::File;
 use std::io;
@@ -24,6 +24,27 @@ impl FileIo {
     pub fn file(&self) -> &File {
         &self.storage
     }
+}
+
+/// What `O_DIRECT` writes need aligned: the buffer's address, the file offset and the
+/// length (4 KiB covers 512-byte and 4 KiB logical blocks).
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// Turns writing around the page cache (`O_DIRECT`) on or off for `file`; false where
+/// the file system refuses (tmpfs, some FUSE file systems). Large aligned writes then
+/// go straight to the device: no copy into the page cache, nothing left for the
+/// closing sync.
+pub fn set_direct(file: &File, on: bool) -> bool {
+    use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
+    let Ok(flags) = fcntl_getfl(file) else {
+        return false;
+    };
+    let flags = if on {
+        flags | OFlags::DIRECT
+    } else {
+        flags - OFlags::DIRECT
+    };
+    fcntl_setfl(file, flags).is_ok()
 }
 
 /// A file: `pread`/`pwrite`, `SEEK_DATA`/`SEEK_HOLE`, `fallocate(PUNCH_HOLE)`.
