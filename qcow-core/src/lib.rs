@@ -43,6 +43,8 @@
 //! ```
 #![no_std]
 #![forbid(unsafe_code)]
+// No function over 80 lines (the threshold is in the workspace's clippy.toml).
+#![deny(clippy::too_many_lines)]
 #![deny(missing_docs)]
 // The unit-test modules: a failed unwrap or index is a failed test, and their values are
 // small and known. The library itself is still linted without this: clippy

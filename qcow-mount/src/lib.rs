@@ -18,6 +18,8 @@
 //! // Then: qcow_mount::mount(disk, files, dir, &options)?.run() (needs /dev/fuse).
 //! ```
 #![forbid(unsafe_code)]
+// No function over 80 lines (the threshold is in the workspace's clippy.toml).
+#![deny(clippy::too_many_lines)]
 
 pub mod fs;
 pub mod parts;

@@ -23,6 +23,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]
+// No function over 80 lines (the threshold is in the workspace's clippy.toml).
+#![deny(clippy::too_many_lines)]
 
 mod ops;
 pub mod proto;

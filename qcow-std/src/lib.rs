@@ -27,6 +27,8 @@
 //! Platforms: Unix (Linux first): the file layer (`pread`/`pwrite`, `SEEK_DATA`,
 //! `fallocate`) lives in [`mod@file`].
 #![forbid(unsafe_code)]
+// No function over 80 lines (the threshold is in the workspace's clippy.toml).
+#![deny(clippy::too_many_lines)]
 #![deny(missing_docs)]
 
 pub mod commit;
