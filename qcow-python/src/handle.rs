@@ -217,9 +217,10 @@ impl Handle {
     }
 
     /// Writes `data` at `offset` (inside the size); returns the byte count.
-    fn write_at(&self, py: Python<'_>, offset: u64, data: Vec<u8>) -> PyResult<usize> {
+    fn write_at(&self, py: Python<'_>, offset: u64, data: &[u8]) -> PyResult<usize> {
         let disk = self.disk()?;
-        py.allow_threads(|| self.ahead.writing(|| disk.write_at(offset, &data)))
+        // `bytes` are immutable and the caller holds them: read without the GIL.
+        py.allow_threads(|| self.ahead.writing(|| disk.write_at(offset, data)))
             .map_err(to_py)?;
         Ok(data.len())
     }

@@ -73,6 +73,14 @@ pub(crate) fn format(name: Option<&str>) -> PyResult<Option<qcow_std::Format>> {
     .transpose()
 }
 
+/// Waits (at most 10 s, the GIL released) until no reader thread is busy: registered
+/// with `os.register_at_fork(before=...)`, so a forked child never inherits a lock
+/// that a reader thread held mid-read.
+#[pyfunction]
+fn before_fork(py: Python<'_>) {
+    py.allow_threads(|| pool::quiesce(std::time::Duration::from_secs(10)));
+}
+
 #[pymodule]
 fn _qcow(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("Error", m.py().get_type::<Error>())?;
@@ -80,6 +88,7 @@ fn _qcow(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(verbs::create, m)?)?;
     m.add_function(wrap_pyfunction!(verbs::convert, m)?)?;
     m.add_function(wrap_pyfunction!(verbs::check, m)?)?;
+    m.add_function(wrap_pyfunction!(before_fork, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

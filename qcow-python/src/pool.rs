@@ -7,7 +7,7 @@
 //! of a sequence of smaller ones ([`read_ahead`], used by `crate::ahead`).
 
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Mutex, TryLockError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use qcow_std::{Disk, Error};
 
@@ -49,6 +49,36 @@ fn give_back(buf: Vec<u8>) {
     }
 }
 
+/// Jobs sent and not finished, for [`quiesce`].
+static IN_FLIGHT: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+fn in_flight() -> MutexGuard<'static, usize> {
+    IN_FLIGHT.0.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Waits (up to `limit`) until no worker is reading. Called before `fork()`: a worker
+/// in the middle of a read may hold one of the image's locks, which would stay locked
+/// forever in the child.
+pub fn quiesce(limit: std::time::Duration) {
+    let busy = in_flight();
+    let _ = IN_FLIGHT.1.wait_timeout_while(busy, limit, |n| *n > 0);
+}
+
+/// Sends `job` to `worker`, counted in flight until the worker is done with it.
+fn send(worker: &Sender<Job>, job: Job) -> Result<(), Job> {
+    *in_flight() += 1;
+    worker.send(job).map_err(|e| {
+        finished();
+        e.0
+    })
+}
+
+fn finished() {
+    let mut n = in_flight();
+    *n = n.saturating_sub(1);
+    IN_FLIGHT.1.notify_all();
+}
+
 struct Pool {
     pid: u32,
     workers: Vec<Sender<Job>>,
@@ -84,6 +114,7 @@ fn spawn_worker() -> Option<Sender<Job>> {
                 // The handle is let go before the caller hears back, so a close()
                 // right after the read closes the file.
                 drop(disk);
+                finished();
                 let _ = done.send((index, buf, r));
             }
         })
@@ -153,7 +184,7 @@ pub fn read_ahead(disk: &Disk, offset: u64, len: usize, n: usize) -> Option<Pend
         index: 0,
         done,
     };
-    worker.send(job).ok()?;
+    send(worker, job).ok()?;
     Some(Pending {
         pid: std::process::id(),
         replies,
@@ -206,7 +237,7 @@ fn read_window(
             index,
             done: done.clone(),
         };
-        match worker.send(job) {
+        match send(worker, job) {
             Ok(()) => pending = pending.saturating_add(1),
             // A worker that is gone: its part is read here.
             Err(_) => disk.read_at(at, chunk)?,

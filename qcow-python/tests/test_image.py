@@ -291,3 +291,32 @@ def test_writes_are_seen_by_reads_already_ahead(images, tmp_path):
             for off in range(2 * chunk, img.size, chunk):
                 assert img.read_at(off, chunk) == want[off:off + chunk], (round_, off)
     assert as_raw(p, str(tmp_path)) == bytes(want)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_fork_right_after_reads_in_sequence_never_hangs(images):
+    # Reads in sequence leave reader threads reading ahead; a fork that caught one
+    # mid-read would hand the child the image's locks held (the module waits for
+    # them before every fork). Many forks, each right after two reads.
+    path, _, data = images["compressed"]
+    chunk = 128 << 10
+    with qcow.open(path) as img:
+        for i in range(300):
+            off = (i * chunk) % (img.size - 4 * chunk)
+            assert img.read_at(off, chunk) + img.read_at(off + chunk, chunk) == \
+                data[off:off + 2 * chunk]
+            pid = os.fork()
+            if pid == 0:
+                ok = img.read_at(off + 2 * chunk, chunk) == data[off + 2 * chunk:off + 3 * chunk]
+                os._exit(0 if ok else 1)
+            deadline = time.monotonic() + 20
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    pytest.fail("fork %d: the child hung reading" % i)
+                time.sleep(0.001)
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, i

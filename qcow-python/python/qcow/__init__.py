@@ -9,12 +9,18 @@ parallel.
 """
 
 import io as _io
+import os as _os
 
 from . import _qcow
 from ._qcow import Error, check, convert, create
 
 __all__ = ["Error", "Image", "open", "create", "convert", "check"]
 __version__ = _qcow.__version__
+
+# Reader threads read ahead in the background: a fork must not catch one mid-read
+# (the child would inherit the image's locks held).
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(before=_qcow.before_fork)
 
 # The most one call of read()/readinto() returns (a legal short read, as io allows):
 # a hostile image claiming an enormous size cannot make one call allocate it.
