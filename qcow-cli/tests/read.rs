@@ -898,3 +898,70 @@ fn convert_to_raw_direct_and_buffered_equal_qemu() {
         }
     }
 }
+
+/// A loop device over `file`, detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    fn attach(file: &Path) -> Loop {
+        let o = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+            .unwrap_or_else(|e| panic!("losetup (util-linux) is needed for this test: {e}"));
+        assert!(
+            o.status.success(),
+            "losetup -f --show {} failed (this test needs root): {}",
+            file.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Loop(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+/// `convert -O raw` onto a block device (a loop device over a file of 0xff bytes): the
+/// device then reads as qemu-img's raw output, its unallocated runs and zero blocks
+/// written as zeros rather than left as the old bytes. A device smaller than the disk,
+/// or `/dev/null`, is refused in one line as qemu-img refuses it ("cannot grow device
+/// files").
+#[test]
+fn convert_to_raw_onto_a_block_device() {
+    let dir = tmp();
+    let d = dir.path();
+    let mut rng = Rng::new(43);
+    let size = (6 << 20) + 512;
+    let mut data = mixed(&mut rng, size);
+    data[..1 << 20].fill(0); // an unallocated run at the start
+    let raw = d.join("src.raw");
+    write(&raw, &data);
+    let img = d.join("src.qcow");
+    qemu_convert_compressed(&raw, &img);
+    let want = qemu_raw(&img, &[], d);
+    let backing = d.join("device.img");
+    write(&backing, &vec![0xff; size + (1 << 20)]);
+    let dev = Loop::attach(&backing);
+    qcow_ok(&[&"convert", &"-O", &"raw", &img, &dev.0]);
+    let got = read_at(Path::new(&dev.0), 0, size);
+    assert_bytes_eq(&got, &want, "the device after convert");
+    assert_eq!(
+        read_at(Path::new(&dev.0), size as u64, 512),
+        vec![0xff; 512]
+    );
+    drop(dev);
+    let small = d.join("small.img");
+    write(&small, &vec![0xff; 1 << 20]);
+    let dev = Loop::attach(&small);
+    let e = qcow_err(&[&"convert", &"-O", &"raw", &img, &dev.0], 1);
+    assert!(e.contains("cannot grow device files"), "{e}");
+    assert_eq!(read_at(Path::new(&dev.0), 0, 4096), vec![0xff; 4096]);
+    let e = qcow_err(&[&"convert", &"-O", &"raw", &img, &"/dev/null"], 1);
+    assert!(e.contains("cannot grow device files"), "{e}");
+}

@@ -96,6 +96,8 @@ enum Sink {
         path: std::path::PathBuf,
         /// Whether writes go around the page cache ([`crate::file::set_direct`]).
         direct: bool,
+        /// A device: it keeps its old contents, so zeros are written too.
+        device: bool,
     },
     Qcow {
         writer: Box<Writer<FileIo>>,
@@ -153,6 +155,7 @@ fn copy(src: &Disk, file: File, dst: &Path, mut opts: ConvertOptions<'_>) -> Res
     };
     let sink = Sink::open(file, dst, &opts, size, threads)?;
     let cluster = sink.cluster();
+    let fills_zeros = sink.fills_zeros();
     let compress = opts.compress && opts.encrypt.is_none();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Filled>(1);
     let (back, spare) = std::sync::mpsc::channel::<Filled>();
@@ -160,13 +163,18 @@ fn copy(src: &Disk, file: File, dst: &Path, mut opts: ConvertOptions<'_>) -> Res
         let writer = s.spawn(move || -> Result<Sink, Error> {
             let mut sink = sink;
             for f in rx {
+                if f.zeros > 0 {
+                    sink.zeros(f.offset, f.zeros)?;
+                    continue;
+                }
                 let base = f.base.as_ref().map(|b| &b[..f.len]);
                 sink.push(f.offset, f.bytes(), base, compress)?;
                 let _ = back.send(f);
             }
             Ok(sink)
         });
-        let read = read_chunks(src, &mut opts, size, cluster, threads, &tx, &spare);
+        let extent = (size, fills_zeros);
+        let read = read_chunks(src, &mut opts, extent, cluster, threads, &tx, &spare);
         drop(tx);
         let written = writer
             .join()
@@ -190,6 +198,8 @@ struct Filled {
     data: Vec<u8>,
     start: usize,
     base: Option<Vec<u8>>,
+    /// When not 0: no data, these bytes from `offset` read as zeros.
+    zeros: u64,
 }
 
 impl Filled {
@@ -206,6 +216,7 @@ impl Filled {
             },
             data,
             base: backing.then(|| vec![0u8; CHUNK]),
+            zeros: 0,
         }
     }
     /// The chunk's bytes.
@@ -222,7 +233,7 @@ impl Filled {
 fn read_chunks(
     src: &Disk,
     opts: &mut ConvertOptions<'_>,
-    size: u64,
+    (size, fill_zeros): (u64, bool),
     cluster: usize,
     threads: usize,
     tx: &std::sync::mpsc::SyncSender<Filled>,
@@ -232,6 +243,19 @@ fn read_chunks(
     while offset < size {
         let skip = zeros_ahead(src, opts, offset, size, cluster.max(4096) as u64)?;
         let n = if skip > 0 {
+            if fill_zeros {
+                let zeros = Filled {
+                    offset,
+                    len: 0,
+                    data: Vec::new(),
+                    start: 0,
+                    base: None,
+                    zeros: skip,
+                };
+                if tx.send(zeros).is_err() {
+                    return Ok(());
+                }
+            }
             skip
         } else {
             let n = usize::try_from((size - offset).min(CHUNK as u64)).unwrap_or(CHUNK);
@@ -307,12 +331,24 @@ impl Sink {
     ) -> Result<Sink, Error> {
         Ok(match opts.format {
             Format::Raw => {
-                file.set_len(size).map_err(|e| Error::io(dst, e))?;
+                let device = crate::file::device_len(&file).map_err(|e| Error::io(dst, e))?;
+                match device {
+                    None => file.set_len(size).map_err(|e| Error::io(dst, e))?,
+                    Some(len) if len < size => {
+                        return Err(Error::DeviceTooSmall {
+                            path: dst.to_path_buf(),
+                            size: len,
+                            needed: size,
+                        })
+                    }
+                    Some(_) => {}
+                }
                 let direct = crate::file::set_direct(&file, true);
                 Sink::Raw {
                     file,
                     path: dst.to_path_buf(),
                     direct,
+                    device: device.is_some(),
                 }
             }
             Format::Qcow => {
@@ -350,8 +386,16 @@ impl Sink {
     ) -> Result<(), Error> {
         let cluster = self.cluster();
         let (writer, path, deflaters, threads) = match self {
-            Sink::Raw { file, path, direct } => {
+            Sink::Raw {
+                file,
+                path,
+                direct,
+                device,
+            } => {
                 let mut out = RawOut { file, direct };
+                if *device {
+                    return out.write(chunk, offset).map_err(|e| Error::io(&*path, e));
+                }
                 return write_sparse(&mut out, path, offset, chunk, cluster);
             }
             Sink::Qcow {
@@ -384,6 +428,26 @@ impl Sink {
             .map_err(|e| Error::image(&*path, e))?;
         }
         Ok(())
+    }
+
+    /// Whether runs of zeros must be written (a device keeps its old contents).
+    fn fills_zeros(&self) -> bool {
+        matches!(self, Sink::Raw { device: true, .. })
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros, on a device (elsewhere they do).
+    fn zeros(&mut self, offset: u64, len: u64) -> Result<(), Error> {
+        match self {
+            Sink::Raw {
+                file,
+                path,
+                direct,
+                device: true,
+            } => RawOut { file, direct }
+                .zeros(offset, len)
+                .map_err(|e| Error::io(&*path, e)),
+            _ => Ok(()),
+        }
     }
 
     /// Completes the output and syncs it.
@@ -431,6 +495,21 @@ impl RawOut<'_> {
             set_direct(self.file, false);
         }
         Storage::write_all_at(self.file, data, offset)
+    }
+
+    /// Makes `len` bytes at `offset` of a device zeros: its write-zeroes, or writes.
+    fn zeros(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        if crate::file::zero_range(self.file, offset, len)? {
+            return Ok(());
+        }
+        let zeros = vec![0u8; CHUNK];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(CHUNK as u64) as usize;
+            self.write(&zeros[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
     }
 }
 

@@ -95,6 +95,15 @@ pub enum Error {
         /// The output.
         path: PathBuf,
     },
+    /// The output is a device (or other file that cannot grow) smaller than the disk.
+    DeviceTooSmall {
+        /// The output.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The bytes the disk needs.
+        needed: u64,
+    },
 }
 
 impl Error {
@@ -142,6 +151,7 @@ impl Error {
             | Error::NoBackingFile { .. }
             | Error::BackingTooSmall { .. }
             | Error::RawOutputOptions { .. }
+            | Error::DeviceTooSmall { .. }
             | Error::RebaseLoop { .. }
             | Error::EncryptedShrinkNeedsKey { .. } => K::InvalidInput,
             Error::BackingLoop { .. }
@@ -163,6 +173,7 @@ impl Error {
             | Error::NoBackingFile { path }
             | Error::BackingTooSmall { path, .. }
             | Error::RawOutputOptions { path }
+            | Error::DeviceTooSmall { path, .. }
             | Error::RebaseLoop { path, .. }
             | Error::EncryptedShrinkNeedsKey { path } => path,
         }
@@ -227,6 +238,11 @@ impl fmt::Display for Error {
             Error::RawOutputOptions { path } => write!(
                 f,
                 "{}: raw output takes no backing file, encryption or compression",
+                path.display()
+            ),
+            Error::DeviceTooSmall { path, size, needed } => write!(
+                f,
+                "{}: cannot grow device files: it holds {size} bytes, the disk needs {needed}",
                 path.display()
             ),
         }

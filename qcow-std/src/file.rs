@@ -47,6 +47,35 @@ pub fn set_direct(file: &File, on: bool) -> bool {
     fcntl_setfl(file, flags).is_ok()
 }
 
+/// The size of `file` when it is not a regular file (a block device: its length; a
+/// character device: what it seeks to, 0 for `/dev/null`). Such a file cannot grow,
+/// and keeps its old contents wherever an output does not write.
+pub fn device_len(file: &File) -> io::Result<Option<u64>> {
+    if file.metadata()?.file_type().is_file() {
+        return Ok(None);
+    }
+    Ok(Some(rustix::fs::seek(file, rustix::fs::SeekFrom::End(0))?))
+}
+
+/// Makes `len` bytes at `offset` of a device read as zeros with the device's own
+/// write-zeroes (`fallocate(ZERO_RANGE)`); false where it has none (the caller then
+/// writes zeros).
+pub fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+    use rustix::fs::{fallocate, FallocateFlags};
+    let flags = FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE;
+    match fallocate(file, flags, offset, len) {
+        Ok(()) => Ok(true),
+        Err(e)
+            if e == rustix::io::Errno::OPNOTSUPP
+                || e == rustix::io::Errno::NOSYS
+                || e == rustix::io::Errno::INVAL =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A file: `pread`/`pwrite`, `SEEK_DATA`/`SEEK_HOLE`, `fallocate(PUNCH_HOLE)`.
 impl crate::storage::Storage for File {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {

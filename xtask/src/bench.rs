@@ -502,7 +502,10 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         "≥ 1.8",
         &one,
         &two,
-        format!("the qemu-img column is our 1-thread read; {} runs each", rounds * 3),
+        format!(
+            "the qemu-img column is our 1-thread read; {} runs each",
+            rounds * 3
+        ),
     ));
     // Sizes of -c outputs: measured once each, outside the timing loop.
     let qc = p("qemu-c.qcow");
