@@ -209,3 +209,30 @@ def test_signature_of_a_fifo_is_false_not_a_hang(tmp_path):
     fifo = str(tmp_path / "sig.fifo")
     os.mkfifo(fifo)
     assert ours.check_file_signature(fifo) is False
+
+
+def test_reads_ahead_of_damage_fail_as_reads_without(images, tmp_path):
+    # A truncated image: chunks past the cut fail. Read in sequence (the reader pool
+    # reads ahead, and its failures are not kept), each chunk fails or reads exactly
+    # as the same read on a fresh handle (no read-ahead) does.
+    src = file_data(images["compressed"][0])
+    chunk = 64 << 10
+    for cut in [len(src) // 3, len(src) // 2, len(src) - 5000]:
+        p = str(tmp_path / ("cut%d.qcow" % cut))
+        with open(p, "wb") as f:
+            f.write(src[:cut])
+
+        def outcome(img, off):
+            try:
+                return img.read_at(off, chunk)
+            except OSError as e:
+                return type(e)
+
+        with qcow.open(p) as img:
+            seq = [outcome(img, off) for off in range(0, img.size, chunk)]
+        alone = []
+        for off in range(0, len(seq) * chunk, chunk):
+            with qcow.open(p) as img:
+                alone.append(outcome(img, off))
+        assert seq == alone, cut
+        assert any(not isinstance(x, bytes) for x in seq), cut
