@@ -204,6 +204,20 @@ def test_large_reads_from_many_threads_agree(images):
             assert all(r == data[i * 4096:] for r in reads), i
 
 
+def child_succeeds(pid, seconds, who):
+    """Whether the forked child `pid` exits 0; fails the test if it hangs."""
+    deadline = time.monotonic() + seconds
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("%s hung reading" % who)
+        time.sleep(0.001)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
 def test_forked_child_reads_with_its_own_pool(images):
     # The parent's reader threads do not exist in a forked child (multiprocessing's
@@ -220,17 +234,7 @@ def test_forked_child_reads_with_its_own_pool(images):
         ok = ok and img.read_at(2 * chunk, chunk) == data[2 * chunk:3 * chunk]
         ok = ok and img.read_at(3 * chunk, chunk) == data[3 * chunk:4 * chunk]
         os._exit(0 if ok else 1)
-    deadline = time.monotonic() + 60
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung reading")
-        time.sleep(0.05)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert child_succeeds(pid, 60, "the forked child")
     img.close()
 
 
@@ -309,14 +313,4 @@ def test_fork_right_after_reads_in_sequence_never_hangs(images):
             if pid == 0:
                 ok = img.read_at(off + 2 * chunk, chunk) == data[off + 2 * chunk:off + 3 * chunk]
                 os._exit(0 if ok else 1)
-            deadline = time.monotonic() + 20
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    break
-                if time.monotonic() > deadline:
-                    os.kill(pid, 9)
-                    os.waitpid(pid, 0)
-                    pytest.fail("fork %d: the child hung reading" % i)
-                time.sleep(0.001)
-            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, i
+            assert child_succeeds(pid, 20, "fork %d: the child" % i), i
