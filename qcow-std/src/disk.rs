@@ -574,7 +574,7 @@ impl Disk {
         v
     }
 
-    fn check_range(&self, offset: u64, len: u64) -> Result<(), Error> {
+    pub(crate) fn check_range(&self, offset: u64, len: u64) -> Result<(), Error> {
         let size = self.size();
         if offset.checked_add(len).is_none_or(|e| e > size) {
             return Err(self

@@ -42,6 +42,7 @@ pub mod map;
 pub mod open;
 pub mod probe;
 mod storage;
+mod stream;
 
 pub use disk::{Disk, LayerInfo};
 pub use error::Error;

@@ -151,3 +151,63 @@ fn handle_is_send_sync_and_clone() {
     fn check<T: Send + Sync + Clone + std::io::Read + std::io::Write + std::io::Seek>() {}
     check::<Disk>();
 }
+
+#[test]
+fn read_in_order_equals_read_at_and_stops_at_the_first_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = make_image(dir.path());
+    let disk = Disk::open(&path).unwrap();
+    let size = disk.size();
+    let mut whole = vec![0u8; size as usize];
+    disk.read_at(0, &mut whole).unwrap();
+    for threads in [0, 1, 2, 3, 7] {
+        for (off, len) in [
+            (0, size),
+            (12345, size - 12345 - 999),
+            (size - 5, 5),
+            (77, 0),
+        ] {
+            let mut got = Vec::new();
+            disk.read_in_order(off, len, threads, |p| {
+                got.extend_from_slice(p);
+                Ok::<(), qcow_std::Error>(())
+            })
+            .unwrap();
+            assert!(
+                got == whole[off as usize..(off + len) as usize],
+                "{threads} {off} {len}"
+            );
+        }
+    }
+    // Past the end: refused before anything is read.
+    assert!(disk
+        .read_in_order(size - 1, 2, 2, |_| Ok::<(), qcow_std::Error>(()))
+        .is_err());
+    // The sink's error ends it, after the parts before.
+    let mut calls = 0;
+    let r = disk.read_in_order(0, size, 2, |_| {
+        calls += 1;
+        if calls == 2 {
+            Err(qcow_std::Error::io(
+                &path,
+                std::io::Error::other("sink full"),
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    assert!(r.unwrap_err().to_string().contains("sink full"));
+    assert_eq!(calls, 2);
+    // A damaged image: the reads before the damage are handed over, then its error.
+    let damaged = dir.path().join("cut.qcow");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&damaged, &bytes[..bytes.len() / 2]).unwrap();
+    let disk = Disk::open(&damaged).unwrap();
+    let mut handed = 0u64;
+    let r = disk.read_in_order(0, size, 2, |p| {
+        handed += p.len() as u64;
+        Ok::<(), qcow_std::Error>(())
+    });
+    assert!(r.is_err(), "a read past the cut must fail");
+    assert!(handed < size);
+}

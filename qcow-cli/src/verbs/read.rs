@@ -7,9 +7,6 @@ use qcow_std::Format;
 
 use crate::common::{err, open_disk, parse_size, CliError, VerbResult};
 
-/// Bytes read per request.
-const CHUNK: u64 = 4 << 20;
-
 /// The arguments of `read`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -43,13 +40,8 @@ pub fn run(a: &Args, out: &mut dyn Write) -> VerbResult {
             ),
         ));
     }
-    let mut buf = vec![0u8; CHUNK.min(length) as usize];
-    let mut done = 0u64;
-    while done < length {
-        let n = (length - done).min(CHUNK) as usize;
-        disk.read_at_parallel(offset + done, &mut buf[..n], 0)?;
-        out.write_all(&buf[..n]).map_err(CliError::output)?;
-        done += n as u64;
-    }
+    disk.read_in_order(offset, length, 0, |part| {
+        out.write_all(part).map_err(CliError::output)
+    })?;
     Ok(0)
 }
