@@ -36,6 +36,19 @@ struct State {
     last_end: Option<u64>,
     /// The parts in flight, in disk order, each starting where the one before ends.
     queue: VecDeque<Slot>,
+    /// Parts no longer wanted (cancelled) that a worker may still be reading: `close`
+    /// waits for them, and while as many as there are workers linger no more start.
+    stale: Vec<Pending>,
+}
+
+impl State {
+    /// Cancels every queued part, keeping them until their workers are done.
+    fn drop_queue(&mut self) {
+        for s in self.queue.drain(..) {
+            s.pending.cancel();
+            self.stale.push(s.pending);
+        }
+    }
 }
 
 /// A handle's read-ahead state (see the module's docs).
@@ -57,10 +70,16 @@ impl ReadAhead {
         if !LENGTHS.contains(&buf.len()) || pool::threads() < 2 {
             return disk.read_at(offset, buf);
         }
-        let slot = self.plan(disk, offset, buf.len());
-        let fresh = slot.filter(|s| s.stamp == self.writes.load(Ordering::Acquire));
-        if fresh.is_some_and(|s| s.pending.wait(buf)) {
-            return Ok(());
+        if let Some(s) = self.plan(disk, offset, buf.len()) {
+            if s.stamp == self.writes.load(Ordering::Acquire) {
+                if s.pending.wait(buf) {
+                    return Ok(());
+                }
+            } else {
+                // Made before a write: not used, but waited for (it holds the image).
+                s.pending.cancel();
+                s.pending.wait(&mut []);
+            }
         }
         disk.read_at(offset, buf)
     }
@@ -69,10 +88,11 @@ impl ReadAhead {
     /// goes elsewhere), and tops the queue up when reads go in sequence.
     fn plan(&self, disk: &Disk, offset: u64, len: usize) -> Option<Slot> {
         let mut st = self.lock();
+        st.stale.retain(|p| !p.is_done());
         let hit = match st.queue.front() {
             Some(s) if s.offset == offset && s.len == len => st.queue.pop_front(),
             _ => {
-                st.queue.clear();
+                st.drop_queue();
                 None
             }
         };
@@ -90,8 +110,8 @@ impl ReadAhead {
     /// ending at `next`) ends, until one per worker is in flight or the disk ends.
     fn top_up(&self, st: &mut State, disk: &Disk, mut next: u64, len: usize) {
         let stamp = self.writes.load(Ordering::Acquire);
-        if stamp % 2 == 1 {
-            return; // a write is running
+        if stamp % 2 == 1 || st.stale.len() >= pool::threads() {
+            return; // a write is running, or the workers are busy with unwanted parts
         }
         if let Some(last) = st.queue.back() {
             next = last.offset.saturating_add(last.len as u64);
@@ -119,15 +139,20 @@ impl ReadAhead {
         self.writes.fetch_add(1, Ordering::AcqRel);
         let r = f();
         self.writes.fetch_add(1, Ordering::AcqRel);
-        self.lock().queue.clear();
+        self.lock().drop_queue();
         r
     }
 
-    /// Waits for the parts in flight (each holds the image open) and drops them.
+    /// Cancels the parts in flight and waits for those a worker has begun (each holds
+    /// the image open).
     pub fn clear(&self) {
-        let queue = std::mem::take(&mut self.lock().queue);
-        for s in queue {
-            s.pending.wait(&mut []);
+        let stale = {
+            let mut st = self.lock();
+            st.drop_queue();
+            std::mem::take(&mut st.stale)
+        };
+        for p in stale {
+            p.wait(&mut []);
         }
     }
 }

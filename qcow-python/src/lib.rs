@@ -73,12 +73,18 @@ pub(crate) fn format(name: Option<&str>) -> PyResult<Option<qcow_std::Format>> {
     .transpose()
 }
 
-/// Waits (at most 10 s, the GIL released) until no reader thread is busy: registered
-/// with `os.register_at_fork(before=...)`, so a forked child never inherits a lock
-/// that a reader thread held mid-read.
+/// Stops handing reads to the reader threads and waits (at most 10 s, the GIL
+/// released) until none is busy: registered with `os.register_at_fork(before=...)`,
+/// so a forked child never inherits a lock that a reader thread held mid-read.
 #[pyfunction]
 fn before_fork(py: Python<'_>) {
     py.allow_threads(|| pool::quiesce(std::time::Duration::from_secs(10)));
+}
+
+/// After a fork, in the parent: the reader threads take reads again.
+#[pyfunction]
+fn after_fork_in_parent() {
+    pool::resume();
 }
 
 #[pymodule]
@@ -89,6 +95,7 @@ fn _qcow(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(verbs::convert, m)?)?;
     m.add_function(wrap_pyfunction!(verbs::check, m)?)?;
     m.add_function(wrap_pyfunction!(before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(after_fork_in_parent, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

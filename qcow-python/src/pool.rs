@@ -6,22 +6,25 @@
 //! makes its own on first use. Besides splitting large reads, the workers read ahead
 //! of a sequence of smaller ones ([`read_ahead`], used by `crate::ahead`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use qcow_std::{Disk, Error};
 
 /// What a worker sends back: the part's index, its bytes, how the read went.
 type Done = (usize, Vec<u8>, Result<(), Error>);
 
-/// One part of a read: `len` bytes at `offset`, into `buf` (at least `len` long).
+/// One part of a read: `len` bytes at `offset`, into a buffer the worker takes (so a
+/// job waiting in a queue holds no memory); skipped once `cancel` is set.
 struct Job {
     disk: Disk,
     offset: u64,
-    buf: Vec<u8>,
     len: usize,
     index: usize,
     done: Sender<Done>,
+    cancel: Option<Arc<AtomicBool>>,
+    gate: Arc<Gate>,
 }
 
 /// Part buffers handed back after their bytes were copied out: reused, so a read
@@ -49,39 +52,69 @@ fn give_back(buf: Vec<u8>) {
     }
 }
 
-/// Jobs sent and not finished, for [`quiesce`].
-static IN_FLIGHT: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
-
-fn in_flight() -> MutexGuard<'static, usize> {
-    IN_FLIGHT.0.lock().unwrap_or_else(PoisonError::into_inner)
+/// A pool's count of jobs sent and not finished, and whether a fork is coming (then
+/// no job is sent: the caller reads for itself). Each process's pool has its own, so
+/// a forked child never sees its parent's count or a lock held at the fork.
+#[derive(Default)]
+struct Gate {
+    state: Mutex<(usize, bool)>,
+    idle: Condvar,
 }
 
-/// Waits (up to `limit`) until no worker is reading. Called before `fork()`: a worker
-/// in the middle of a read may hold one of the image's locks, which would stay locked
-/// forever in the child.
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, (usize, bool)> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+    /// Counts `job` in and sends it to `worker`; refused while a fork is coming.
+    fn send(&self, worker: &Sender<Job>, job: Job) -> Result<(), Job> {
+        {
+            let mut st = self.lock();
+            if st.1 {
+                return Err(job);
+            }
+            st.0 += 1;
+        }
+        worker.send(job).map_err(|e| {
+            self.finished();
+            e.0
+        })
+    }
+    fn finished(&self) {
+        let mut st = self.lock();
+        st.0 = st.0.saturating_sub(1);
+        self.idle.notify_all();
+    }
+}
+
+/// This process's pool's gate, when it has a pool.
+fn gate() -> Option<Arc<Gate>> {
+    let pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    let pid = std::process::id();
+    pool.as_ref().filter(|p| p.pid == pid).map(|p| p.gate.clone())
+}
+
+/// Before `fork()`: stops new jobs and waits (up to `limit`) until no worker is
+/// reading. A worker in the middle of a read may hold one of the image's locks, which
+/// would stay locked forever in the child.
 pub fn quiesce(limit: std::time::Duration) {
-    let busy = in_flight();
-    let _ = IN_FLIGHT.1.wait_timeout_while(busy, limit, |n| *n > 0);
+    if let Some(g) = gate() {
+        let mut st = g.lock();
+        st.1 = true;
+        let _ = g.idle.wait_timeout_while(st, limit, |st| st.0 > 0);
+    }
 }
 
-/// Sends `job` to `worker`, counted in flight until the worker is done with it.
-fn send(worker: &Sender<Job>, job: Job) -> Result<(), Job> {
-    *in_flight() += 1;
-    worker.send(job).map_err(|e| {
-        finished();
-        e.0
-    })
-}
-
-fn finished() {
-    let mut n = in_flight();
-    *n = n.saturating_sub(1);
-    IN_FLIGHT.1.notify_all();
+/// After `fork()`, in the parent: jobs may be sent again. (The child makes a new pool.)
+pub fn resume() {
+    if let Some(g) = gate() {
+        g.lock().1 = false;
+    }
 }
 
 struct Pool {
     pid: u32,
     workers: Vec<Sender<Job>>,
+    gate: Arc<Gate>,
 }
 
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
@@ -99,22 +132,27 @@ fn spawn_worker() -> Option<Sender<Job>> {
                 let Job {
                     disk,
                     offset,
-                    mut buf,
                     len,
                     index,
                     done,
+                    cancel,
+                    gate,
                 } = job;
-                let r = match buf.get_mut(..len) {
-                    Some(part) => disk.read_at(offset, part),
-                    None => Err(Error::io(
-                        disk.path(),
-                        std::io::Error::other("a part buffer too short"),
-                    )),
+                let (buf, r) = if cancel.is_some_and(|c| c.load(Ordering::Acquire)) {
+                    let gone = std::io::Error::other("a read ahead no longer wanted");
+                    (Vec::new(), Err(Error::io(disk.path(), gone)))
+                } else {
+                    let mut buf = spare(len);
+                    let r = match buf.get_mut(..len) {
+                        Some(part) => disk.read_at(offset, part),
+                        None => Ok(()),
+                    };
+                    (buf, r)
                 };
                 // The handle is let go before the caller hears back, so a close()
                 // right after the read closes the file.
                 drop(disk);
-                finished();
+                gate.finished();
                 let _ = done.send((index, buf, r));
             }
         })
@@ -128,29 +166,53 @@ pub fn threads() -> usize {
 }
 
 /// This process's workers, [`threads`] of them, made on first use (and anew in a
-/// forked child). None while another thread holds the pool: that caller reads alone
-/// rather than wait (or, in a child forked at that moment, deadlock).
-fn workers() -> Vec<Sender<Job>> {
+/// forked child), with their gate. None while another thread holds the pool: that
+/// caller reads alone rather than wait (or, in a child forked at that moment,
+/// deadlock).
+fn workers() -> Option<(Vec<Sender<Job>>, Arc<Gate>)> {
     let mut pool = match POOL.try_lock() {
         Ok(g) => g,
         Err(TryLockError::Poisoned(p)) => p.into_inner(),
-        Err(TryLockError::WouldBlock) => return Vec::new(),
+        Err(TryLockError::WouldBlock) => return None,
     };
     let pid = std::process::id();
     if pool.as_ref().is_none_or(|p| p.pid != pid) {
         let workers = (0..threads()).filter_map(|_| spawn_worker()).collect();
-        *pool = Some(Pool { pid, workers });
+        let gate = Arc::default();
+        *pool = Some(Pool { pid, workers, gate });
     }
-    pool.as_ref().map(|p| p.workers.clone()).unwrap_or_default()
+    pool.as_ref().map(|p| (p.workers.clone(), p.gate.clone()))
 }
 
 /// A read handed to a worker before anyone asked for it ([`read_ahead`]).
 pub struct Pending {
     pid: u32,
     replies: Receiver<Done>,
+    cancel: Arc<AtomicBool>,
 }
 
 impl Pending {
+    /// Tells the worker the part is no longer wanted: unless it has begun, it is not read.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Release);
+    }
+
+    /// Whether the worker is done with it (its buffer then goes back for reuse); true
+    /// in a forked child, where the parent's worker never answers.
+    pub fn is_done(&self) -> bool {
+        if self.pid != std::process::id() {
+            return true;
+        }
+        match self.replies.try_recv() {
+            Ok((_, bytes, _)) => {
+                give_back(bytes);
+                true
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => false,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => true,
+        }
+    }
+
     /// Waits for the read and copies its first `dst.len()` bytes into `dst`. False
     /// when the read failed, its worker is gone, or this is a forked child (whose
     /// parent's worker will never answer): the caller then reads for itself.
@@ -173,21 +235,24 @@ impl Pending {
 /// Starts reading `len` bytes at `offset` on the pool's worker `n` (modulo their
 /// count); None when there is no worker to take it.
 pub fn read_ahead(disk: &Disk, offset: u64, len: usize, n: usize) -> Option<Pending> {
-    let workers = workers();
+    let (workers, gate) = workers()?;
     let worker = workers.get(n.checked_rem(workers.len())?)?;
     let (done, replies) = channel::<Done>();
+    let cancel = Arc::new(AtomicBool::new(false));
     let job = Job {
         disk: disk.clone(),
         offset,
-        buf: spare(len),
         len,
         index: 0,
         done,
+        cancel: Some(cancel.clone()),
+        gate: gate.clone(),
     };
-    send(worker, job).ok()?;
+    gate.send(worker, job).ok()?;
     Some(Pending {
         pid: std::process::id(),
         replies,
+        cancel,
     })
 }
 
@@ -198,7 +263,9 @@ const PART_MAX: usize = 8 << 20;
 /// Reads `buf` at `offset` (inside the disk) on this thread and up to `helpers` pool
 /// threads, each part into its own buffer then copied here.
 pub fn read_split(disk: &Disk, offset: u64, buf: &mut [u8], helpers: usize) -> Result<(), Error> {
-    let mut workers = workers();
+    let Some((mut workers, gate)) = workers() else {
+        return disk.read_at(offset, buf);
+    };
     workers.truncate(helpers);
     if workers.is_empty() {
         return disk.read_at(offset, buf);
@@ -206,7 +273,7 @@ pub fn read_split(disk: &Disk, offset: u64, buf: &mut [u8], helpers: usize) -> R
     let window = PART_MAX.saturating_mul(workers.len().saturating_add(1));
     let mut at = offset;
     for w in buf.chunks_mut(window) {
-        read_window(disk, at, w, &workers)?;
+        read_window(disk, at, w, (&workers, &gate))?;
         at = at.saturating_add(w.len() as u64);
     }
     Ok(())
@@ -217,7 +284,7 @@ fn read_window(
     disk: &Disk,
     offset: u64,
     buf: &mut [u8],
-    workers: &[Sender<Job>],
+    (workers, gate): (&[Sender<Job>], &Arc<Gate>),
 ) -> Result<(), Error> {
     let part = buf
         .len()
@@ -232,12 +299,13 @@ fn read_window(
         let job = Job {
             disk: disk.clone(),
             offset: at,
-            buf: spare(chunk.len()),
             len: chunk.len(),
             index,
             done: done.clone(),
+            cancel: None,
+            gate: gate.clone(),
         };
-        match send(worker, job) {
+        match gate.send(worker, job) {
             Ok(()) => pending = pending.saturating_add(1),
             // A worker that is gone: its part is read here.
             Err(_) => disk.read_at(at, chunk)?,

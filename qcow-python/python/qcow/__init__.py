@@ -20,7 +20,8 @@ __version__ = _qcow.__version__
 # Reader threads read ahead in the background: a fork must not catch one mid-read
 # (the child would inherit the image's locks held).
 if hasattr(_os, "register_at_fork"):
-    _os.register_at_fork(before=_qcow.before_fork)
+    _os.register_at_fork(before=_qcow.before_fork,
+                         after_in_parent=_qcow.after_fork_in_parent)
 
 # The most one call of read()/readinto() returns (a legal short read, as io allows):
 # a hostile image claiming an enormous size cannot make one call allocate it.
