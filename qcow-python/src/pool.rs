@@ -90,7 +90,9 @@ impl Gate {
 fn gate() -> Option<Arc<Gate>> {
     let pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
     let pid = std::process::id();
-    pool.as_ref().filter(|p| p.pid == pid).map(|p| p.gate.clone())
+    pool.as_ref()
+        .filter(|p| p.pid == pid)
+        .map(|p| p.gate.clone())
 }
 
 /// Before `fork()`: stops new jobs and waits (up to `limit`) until no worker is

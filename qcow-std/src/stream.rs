@@ -7,12 +7,15 @@ use crate::{Disk, Error};
 /// Bytes each thread reads at a time.
 const CHUNK: u64 = 4 << 20;
 
+/// The most threads one call uses, bounding its memory (about 3 chunks each).
+const MAX_THREADS: usize = 4;
+
 /// What a reader thread hands over: a chunk's bytes, or why it stopped.
 type Part = Result<Vec<u8>, Error>;
 
 impl Disk {
     /// Reads `len` bytes from `offset` and hands them to `sink` in order, 4 MiB at a
-    /// time, on this thread. `threads` threads (0: every core) read the chunks in turn,
+    /// time, on this thread. `threads` threads (0: every core; at most 4) read the chunks in turn,
     /// each into buffers of its own, ahead of `sink`: large reads of compressed or
     /// encrypted data keep every core busy, and threads are made once per call, not
     /// per chunk. The first error, of a read or of `sink`, ends it.
@@ -24,10 +27,12 @@ impl Disk {
         mut sink: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         self.check_range(offset, len)?;
+        // Each thread keeps up to three chunks (12 MiB): at most 4 of them.
         let threads = match threads {
             0 => crate::cores(),
             n => n,
-        };
+        }
+        .min(MAX_THREADS);
         let chunks = len.div_ceil(CHUNK);
         if threads <= 1 || chunks <= 1 {
             let mut buf = vec![0u8; len.min(CHUNK) as usize];
