@@ -157,16 +157,19 @@ fn copy(src: &Disk, file: File, dst: &Path, mut opts: ConvertOptions<'_>) -> Res
     let cluster = sink.cluster();
     let fills_zeros = sink.fills_zeros();
     let compress = opts.compress && opts.encrypt.is_none();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Filled>(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(1);
     let (back, spare) = std::sync::mpsc::channel::<Filled>();
     let sink = std::thread::scope(|s| {
         let writer = s.spawn(move || -> Result<Sink, Error> {
             let mut sink = sink;
             for f in rx {
-                if f.zeros > 0 {
-                    sink.zeros(f.offset, f.zeros)?;
-                    continue;
-                }
+                let f = match f {
+                    Piece::Zeros { offset, len } => {
+                        sink.zeros(offset, len)?;
+                        continue;
+                    }
+                    Piece::Data(f) => f,
+                };
                 let base = f.base.as_ref().map(|b| &b[..f.len]);
                 sink.push(f.offset, f.bytes(), base, compress)?;
                 let _ = back.send(f);
@@ -198,8 +201,15 @@ struct Filled {
     data: Vec<u8>,
     start: usize,
     base: Option<Vec<u8>>,
-    /// When not 0: no data, these bytes from `offset` read as zeros.
-    zeros: u64,
+}
+
+/// What the reading side of [`copy`] hands the writer.
+enum Piece {
+    /// A chunk read.
+    Data(Filled),
+    /// `len` bytes from `offset` that read as zeros, not read (sent only when the
+    /// output must have its zeros written: a device).
+    Zeros { offset: u64, len: u64 },
 }
 
 impl Filled {
@@ -216,7 +226,6 @@ impl Filled {
             },
             data,
             base: backing.then(|| vec![0u8; CHUNK]),
-            zeros: 0,
         }
     }
     /// The chunk's bytes.
@@ -236,25 +245,16 @@ fn read_chunks(
     (size, fill_zeros): (u64, bool),
     cluster: usize,
     threads: usize,
-    tx: &std::sync::mpsc::SyncSender<Filled>,
+    tx: &std::sync::mpsc::SyncSender<Piece>,
     spare: &std::sync::mpsc::Receiver<Filled>,
 ) -> Result<(), Error> {
     let mut offset = 0u64;
     while offset < size {
         let skip = zeros_ahead(src, opts, offset, size, cluster.max(4096) as u64)?;
         let n = if skip > 0 {
-            if fill_zeros {
-                let zeros = Filled {
-                    offset,
-                    len: 0,
-                    data: Vec::new(),
-                    start: 0,
-                    base: None,
-                    zeros: skip,
-                };
-                if tx.send(zeros).is_err() {
-                    return Ok(());
-                }
+            let zeros = Piece::Zeros { offset, len: skip };
+            if fill_zeros && tx.send(zeros).is_err() {
+                return Ok(());
             }
             skip
         } else {
@@ -267,7 +267,7 @@ fn read_chunks(
             if let (Some((_, disk)), Some(b)) = (&opts.backing, f.base.as_mut()) {
                 read_base(disk, offset, &mut b[..n], threads)?;
             }
-            if tx.send(f).is_err() {
+            if tx.send(Piece::Data(f)).is_err() {
                 return Ok(());
             }
             n as u64
