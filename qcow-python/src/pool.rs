@@ -154,8 +154,10 @@ fn spawn_worker() -> Option<Sender<Job>> {
                 // The handle is let go before the caller hears back, so a close()
                 // right after the read closes the file.
                 drop(disk);
-                gate.finished();
+                // Counted out only after the reply: a fork never catches a worker
+                // inside a channel's lock.
                 let _ = done.send((index, buf, r));
+                gate.finished();
             }
         })
         .ok()?;
@@ -181,7 +183,9 @@ fn workers() -> Option<(Vec<Sender<Job>>, Arc<Gate>)> {
     if pool.as_ref().is_none_or(|p| p.pid != pid) {
         let workers = (0..threads()).filter_map(|_| spawn_worker()).collect();
         let gate = Arc::default();
-        *pool = Some(Pool { pid, workers, gate });
+        // A parent's pool, in a forked child: its channels may be locked by threads
+        // that do not exist here, so it is let go of without dropping (freeing) it.
+        std::mem::forget(pool.replace(Pool { pid, workers, gate }));
     }
     pool.as_ref().map(|p| (p.workers.clone(), p.gate.clone()))
 }
@@ -189,8 +193,19 @@ fn workers() -> Option<(Vec<Sender<Job>>, Arc<Gate>)> {
 /// A read handed to a worker before anyone asked for it ([`read_ahead`]).
 pub struct Pending {
     pid: u32,
-    replies: Receiver<Done>,
+    /// Always `Some` until dropped (see `Drop`).
+    replies: Option<Receiver<Done>>,
     cancel: Arc<AtomicBool>,
+}
+
+impl Drop for Pending {
+    /// In a forked child the channel may be locked by the parent's worker, which does
+    /// not exist here: it is let go of without dropping it.
+    fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            std::mem::forget(self.replies.take());
+        }
+    }
 }
 
 impl Pending {
@@ -205,7 +220,10 @@ impl Pending {
         if self.pid != std::process::id() {
             return true;
         }
-        match self.replies.try_recv() {
+        let Some(replies) = self.replies.as_ref() else {
+            return true;
+        };
+        match replies.try_recv() {
             Ok((_, bytes, _)) => {
                 give_back(bytes);
                 true
@@ -222,7 +240,7 @@ impl Pending {
         if self.pid != std::process::id() {
             return false;
         }
-        let Ok((_, bytes, r)) = self.replies.recv() else {
+        let Some(Ok((_, bytes, r))) = self.replies.as_ref().map(Receiver::recv) else {
             return false;
         };
         let copied = bytes
@@ -253,7 +271,7 @@ pub fn read_ahead(disk: &Disk, offset: u64, len: usize, n: usize) -> Option<Pend
     gate.send(worker, job).ok()?;
     Some(Pending {
         pid: std::process::id(),
-        replies,
+        replies: Some(replies),
         cancel,
     })
 }
